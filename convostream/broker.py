@@ -8,6 +8,7 @@ producers and Faust workers never race topic auto-creation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -85,10 +86,8 @@ async def create_topics(
             if t.full_name(prefix) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in wanted]
     finally:
         await admin.close()
@@ -116,9 +115,12 @@ class EmbeddedBroker:
         cmd = [
             broker_binary(),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")

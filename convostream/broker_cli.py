@@ -17,11 +17,15 @@ from convostream.settings import CommonSettings, load_settings, settings_options
 
 class BrokerSettings(CommonSettings):
     broker_port: int = Field(
-        9092, ge=0, le=65535, description="Port on 127.0.0.1 (0: any free port).",
+        9092,
+        ge=0,
+        le=65535,
+        description="Port on 127.0.0.1 (0: any free port).",
         json_schema_extra={"flag": "--port"},
     )
     broker_create_topics: bool = Field(
-        True, description="Create the topic catalogue once the broker answers.",
+        True,
+        description="Create the topic catalogue once the broker answers.",
         json_schema_extra={"flag": "--create-topics"},
     )
 
@@ -38,7 +42,8 @@ def broker(**values: Any) -> None:
     runtime.setup(settings)
     log = get_logger("convostream.broker")
     embedded = EmbeddedBroker(
-        port=settings.broker_port, prefix=settings.topic_prefix,
+        port=settings.broker_port,
+        prefix=settings.topic_prefix,
         create=settings.broker_create_topics,
     )
     stopping = False

@@ -115,9 +115,7 @@ def settings_options(model: type[BaseSettings]) -> Callable[[F], F]:
             help_text = f"{info.description or ''} [env: {envvar}; default: {default}]"
             if kind is bool:
                 flag = flag_name(model, name)
-                option = click.option(
-                    f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text
-                )
+                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
             else:
                 option = click.option(flag_name(model, name), name, default=None, help=help_text)
             func = option(func)
