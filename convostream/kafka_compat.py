@@ -1,0 +1,66 @@
+"""aiokafka speaks only InitProducerId v0; add v3 so idempotent producers work on every broker.
+
+v0 carries no producer id/epoch. Apache Kafka accepts it, but brokers written against the
+current protocol (Tansu 0.6, the embedded broker) answer v0-v2 with UNKNOWN_SERVER_ERROR, so
+``enable_idempotence=True`` could not start. v3 (Kafka >= 2.5) sends producer id and epoch -1,
+which every broker reads as "allocate a new producer id". aiokafka negotiates the highest
+version both sides support, so older brokers still get v0. Importing this module installs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiokafka.producer.sender as _sender
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.transaction import InitProducerIdRequest_v0
+from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
+
+
+class InitProducerIdResponse_v3(Response):  # type: ignore[misc]
+    API_KEY = 22
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class InitProducerIdRequest_v3(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 22
+    API_VERSION = 3
+    RESPONSE_TYPE = InitProducerIdResponse_v3
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("transaction_timeout_ms", Int32),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class InitProducerIdRequest(Request[InitProducerIdRequest_v0 | InitProducerIdRequest_v3]):  # type: ignore[misc]
+    API_KEY = 22
+
+    def __init__(self, transactional_id: str | None, transaction_timeout_ms: int) -> None:
+        self._transactional_id = transactional_id
+        self._transaction_timeout_ms = transaction_timeout_ms
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        if request_struct_class.API_VERSION >= 3:
+            return request_struct_class(
+                self._transactional_id, self._transaction_timeout_ms, -1, -1, {}
+            )
+        return request_struct_class(self._transactional_id, self._transaction_timeout_ms)
+
+
+def install() -> None:
+    """Make aiokafka's producer use the request above (idempotent: safe to call again)."""
+    _sender.InitProducerIdRequest = InitProducerIdRequest
+
+
+install()
