@@ -30,35 +30,67 @@ class Topic:
 
 
 CONVERSATIONS = Topic(
-    "convai.conversations", "conversation_id", "ConversationLifecycle", 12, "delete",
+    "convai.conversations",
+    "conversation_id",
+    "ConversationLifecycle",
+    12,
+    "delete",
     "Conversation lifecycle: discovered, monitoring, ended, gap; announcements from services.",
 )
 MONITOR_EVENTS = Topic(
-    "convai.monitor.events", "conversation_id", "MonitorEvent", 12, "delete",
+    "convai.monitor.events",
+    "conversation_id",
+    "MonitorEvent",
+    12,
+    "delete",
     "Every monitored upstream frame, exactly once in normal operation.",
 )
 MONITOR_DLQ = Topic(
-    "convai.monitor.dlq", "conversation_id or null", "DeadLetter", 3, "delete",
+    "convai.monitor.dlq",
+    "conversation_id or null",
+    "DeadLetter",
+    3,
+    "delete",
     "Frames that could not be read, with the reason and the raw bytes.",
 )
 COMMANDS = Topic(
-    "convai.commands", "conversation_id", "ControlCommand", 6, "delete",
+    "convai.commands",
+    "conversation_id",
+    "ControlCommand",
+    6,
+    "delete",
     "Control commands written by other services.",
 )
 COMMAND_RESULTS = Topic(
-    "convai.command-results", "conversation_id", "CommandResult", 6, "delete",
+    "convai.command-results",
+    "conversation_id",
+    "CommandResult",
+    6,
+    "delete",
     "Exactly one result per command, whatever happened.",
 )
 METRICS_CONVERSATIONS = Topic(
-    "convai.metrics.conversations", "conversation_id", "ConversationMetrics", 12, "compact",
+    "convai.metrics.conversations",
+    "conversation_id",
+    "ConversationMetrics",
+    12,
+    "compact",
     "Latest per-conversation metrics summary (compacted).",
 )
 METRICS_AGENT_WINDOWS = Topic(
-    "convai.metrics.agent-windows", "agent_id + window start", "AgentWindowMetrics", 6, "delete",
+    "convai.metrics.agent-windows",
+    "agent_id + window start",
+    "AgentWindowMetrics",
+    6,
+    "delete",
     "Final per-agent tumbling windows, emitted once.",
 )
 EVENTS_LATE = Topic(
-    "convai.events.late", "conversation_id", "MonitorEvent", 3, "delete",
+    "convai.events.late",
+    "conversation_id",
+    "MonitorEvent",
+    3,
+    "delete",
     "Events that arrived after their window was final.",
 )
 
@@ -79,7 +111,7 @@ BY_NAME: dict[str, Topic] = {t.name: t for t in CATALOGUE}
 def lookup(name: str, prefix: str = "") -> Topic:
     """Find a catalogue topic by its name, with or without the configured prefix."""
     if prefix and name.startswith(prefix):
-        name = name[len(prefix):]
+        name = name[len(prefix) :]
     try:
         return BY_NAME[name]
     except KeyError:

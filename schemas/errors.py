@@ -1,0 +1,36 @@
+"""Serde and registry errors: each message says what was found and what was expected."""
+
+from __future__ import annotations
+
+
+class SerdeError(Exception):
+    """Bytes that cannot be decoded, a record that cannot be encoded, or a registry failure."""
+
+
+class UnknownMagicByte(SerdeError):
+    """The value does not start with the Confluent wire format's magic byte 0."""
+
+
+class TruncatedMessage(SerdeError):
+    """The value ends before the header or the datum is complete."""
+
+
+class CorruptMessage(SerdeError):
+    """The datum does not match the writer schema named by its id."""
+
+
+class UnknownSchemaId(SerdeError):
+    """The registry does not know the schema id in the header."""
+
+    def __init__(self, schema_id: int, hint: str = "") -> None:
+        self.schema_id = schema_id
+        message = f"unknown schema id {schema_id}"
+        super().__init__(f"{message}: {hint}" if hint else message)
+
+
+class EncodeError(SerdeError):
+    """A record does not fit its schema, or the schema has no id to write with."""
+
+
+class RegistryError(SerdeError):
+    """A Schema Registry could not be reached or refused a request."""
