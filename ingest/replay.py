@@ -50,7 +50,7 @@ class Verdict:
     duplicate: bool
     replay: bool
     occurrence: int
-    connection_seq: int
+    connection_seq: int  # position on the connection, from 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +127,7 @@ class ReplayFilter:
         ):
             gap = self._close_burst()
         self._last_at = now
+        seq = self._seq
         self._seq += 1
         replay = self._in_burst
         if replay:
@@ -136,10 +137,10 @@ class ReplayFilter:
             if self._budget[digest] > 0:
                 self._budget[digest] -= 1
                 self._matched += 1
-                return Verdict(True, True, -1, self._seq), gap
+                return Verdict(True, True, -1, seq), gap
         occurrence = self._counts[digest]
         self._remember(digest)
-        return Verdict(False, replay, occurrence, self._seq), gap
+        return Verdict(False, replay, occurrence, seq), gap
 
     def _align(self, first: bytes) -> Counter[bytes]:
         """The history entries the replay window still owes us."""

@@ -1,0 +1,152 @@
+"""From monitor-socket frames to records (sans-I/O): one MonitorEvent or one DeadLetter each.
+
+Replay duplicates are dropped before parsing, on the exact bytes, so a malformed frame that is
+replayed reaches the DLQ once, like a good one reaches the events topic once. Nothing raises on
+bad input: whatever cannot be read becomes a DeadLetter with a machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ingest.replay import Gap, ReplayFilter, event_key, frame_digest
+from schemas.payloads import monitor_payload
+
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024  # agent_tool_response_full_payload carries up to 64 KB
+DLQ_RAW_LIMIT = 256 * 1024  # an oversize frame is kept up to this many bytes in the DLQ
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Why a frame goes to the DLQ: a machine-readable reason and a human-readable detail."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What one frame became: an event, a dead letter, or nothing (a replay duplicate)."""
+
+    event: dict[str, Any] | None = None
+    dead_letter: dict[str, Any] | None = None
+    gap: Gap | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.event is None and self.dead_letter is None
+
+
+class FrameReader:
+    """Turns the frames of one conversation's monitor sockets into records."""
+
+    __slots__ = (
+        "_connection_id",
+        "_filter",
+        "agent_id",
+        "collector_id",
+        "conversation_id",
+        "max_frame_bytes",
+    )
+
+    def __init__(
+        self,
+        conversation_id: str,
+        collector_id: str,
+        agent_id: str | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        replay: ReplayFilter | None = None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.collector_id = collector_id
+        self.agent_id = agent_id
+        self.max_frame_bytes = max_frame_bytes
+        self._filter = replay or ReplayFilter()
+        self._connection_id = ""
+
+    @property
+    def gaps(self) -> int:
+        return self._filter.gaps
+
+    def connected(self, connection_id: str, now: float) -> Gap | None:
+        self._connection_id = connection_id
+        return self._filter.connected(now)
+
+    def disconnected(self) -> Gap | None:
+        return self._filter.disconnected()
+
+    def tick(self, now: float) -> Gap | None:
+        return self._filter.tick(now)
+
+    def frame(self, data: bytes | str, received_at: int, now: float) -> FrameResult:
+        """Classify one frame; ``received_at`` is epoch microseconds, ``now`` monotonic seconds."""
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        digest = frame_digest(raw)
+        verdict, gap = self._filter.observe(digest, now)
+        if verdict.duplicate:
+            return FrameResult(gap=gap)
+        parsed = self._parse(raw)
+        if isinstance(parsed, Unreadable):
+            letter = self._dead_letter(raw, parsed, received_at, verdict.connection_seq)
+            return FrameResult(dead_letter=letter, gap=gap)
+        text, obj = parsed
+        event_type: str = obj["type"]
+        payload = monitor_payload(event_type, obj)
+        event = {
+            "event_key": event_key(self.conversation_id, digest, verdict.occurrence),
+            "conversation_id": self.conversation_id,
+            "agent_id": self.agent_id,
+            "type": event_type,
+            "upstream_event_id": payload[1].get("event_id"),
+            "received_at": received_at,
+            "collector_id": self.collector_id,
+            "connection_id": self._connection_id,
+            "connection_seq": verdict.connection_seq,
+            "replay": verdict.replay,
+            "raw": text,
+            "payload": payload,
+        }
+        return FrameResult(event=event, gap=gap)
+
+    def _parse(self, raw: bytes) -> tuple[str, dict[str, Any]] | Unreadable:
+        """``(text, object)`` of a readable frame, else why it cannot be read."""
+        if len(raw) > self.max_frame_bytes:
+            return Unreadable(
+                "oversize", f"frame of {len(raw)} bytes exceeds {self.max_frame_bytes}"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Unreadable("invalid_utf8", f"invalid UTF-8 at byte {exc.start}: {exc.reason}")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:  # orjson refuses integers beyond 64 bits, which are valid JSON
+                obj = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                return Unreadable("invalid_json", str(exc)[:500])
+        if not isinstance(obj, dict):
+            return Unreadable(
+                "not_an_object", f"frame is a JSON {type(obj).__name__}, not an object"
+            )
+        if not isinstance(obj.get("type"), str) or not obj["type"]:
+            return Unreadable("missing_type", "frame has no non-empty string 'type'")
+        return text, obj
+
+    def _dead_letter(
+        self, raw: bytes, why: Unreadable, received_at: int, seq: int
+    ) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "reason": why.reason,
+            "detail": why.detail,
+            "raw": raw[:DLQ_RAW_LIMIT],
+            "received_at": received_at,
+            "collector_id": self.collector_id,
+            "connection_id": self._connection_id or None,
+            "connection_seq": seq,
+        }
