@@ -9,6 +9,7 @@ secret.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
 import click
@@ -78,14 +79,18 @@ def flag_name(model: type[BaseSettings], field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _click_type(info: FieldInfo) -> Any:
+def _annotation(info: FieldInfo) -> Any:
     annotation = info.annotation
     if get_origin(annotation) is not None:
         args = [a for a in get_args(annotation) if a is not type(None)]
         annotation = args[0] if len(args) == 1 else str
-    if annotation is bool:
-        return bool
-    return str
+    return annotation
+
+
+def _metavar(annotation: Any) -> str:
+    """What --help shows; values stay strings so that pydantic alone validates them."""
+    names = {int: "INTEGER", float: "NUMBER", SecretStr: "SECRET", Path: "PATH"}
+    return names.get(annotation, "TEXT")
 
 
 def _cli_fields(model: type[BaseSettings]) -> list[tuple[str, FieldInfo]]:
@@ -107,17 +112,26 @@ def settings_options(model: type[BaseSettings]) -> Callable[[F], F]:
 
     def decorate(func: F) -> F:
         for name, info in reversed(_cli_fields(model)):
-            default = info.default
-            if isinstance(default, SecretStr):
-                default = "***"
-            kind = _click_type(info)
+            if info.is_required():
+                shown = "required"
+            elif isinstance(info.default, SecretStr):
+                shown = "default: ***"
+            else:
+                shown = f"default: {info.default}"
+            kind = _annotation(info)
             envvar = env_name(model, name)
-            help_text = f"{info.description or ''} [env: {envvar}; default: {default}]"
+            help_text = f"{info.description or ''} [env: {envvar}; {shown}]"
             if kind is bool:
                 flag = flag_name(model, name)
                 option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
             else:
-                option = click.option(flag_name(model, name), name, default=None, help=help_text)
+                option = click.option(
+                    flag_name(model, name),
+                    name,
+                    default=None,
+                    help=help_text,
+                    metavar=_metavar(kind),
+                )
             func = option(func)
         return func
 

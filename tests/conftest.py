@@ -18,3 +18,16 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def simulator_factory():  # type: ignore[no-untyped-def]
+    """Start in-process simulators on free ports: ``sim = await simulator_factory(seed=1)``.
+
+    Knobs are SimulatorSettings fields with or without the ``sim_`` prefix; the API key defaults
+    to ``simulator.testing.API_KEY``. Every simulator started is stopped after the test.
+    """
+    from simulator.testing import SimulatorFactory
+
+    async with SimulatorFactory() as factory:
+        yield factory

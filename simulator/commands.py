@@ -1,0 +1,131 @@
+"""Sans-I/O handling of control frames a monitor sends (UPSTREAM.md §3).
+
+:func:`parse` reads a frame, :func:`apply` changes a :class:`~simulator.script.ConversationScript`
+and says what happened, for the commands log. The upstream sends no acknowledgement, so neither
+does the simulator: effects are only visible in the event stream and the REST status.
+
+Choices where the upstream is undocumented:
+- ``end_call``: the agent's ``end_call`` system tool fires (agent_tool_request/response/full
+  payload), then the conversation ends (sockets close 1000, status processing → done).
+- ``transfer_to_number``: needs ``parameters.phone_number`` in E.164; emits the
+  ``transfer_to_number`` system tool frames with ``is_error`` false and then ends the call (the
+  caller has left the agent). A missing or malformed number is not applied, and nothing is emitted.
+- ``contextual_update``: needs ``parameters.contextual_update`` (``text`` is accepted too); it is
+  accepted and logged, with no visible effect.
+- ``enable_human_takeover`` / ``send_human_message`` / ``disable_human_takeover``: chat only (in
+  voice they are logged as not applied). Takeover stops the agent's generated replies until it is
+  disabled; ``send_human_message`` (``parameters.text``) needs takeover enabled and emits an
+  ``agent_response`` with the operator's text at the next turn boundary.
+- Anything else (bad JSON, unknown type, binary frame) is logged as not accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from simulator.script import ConversationScript, Frame
+
+COMMAND_TYPES = (
+    "end_call",
+    "transfer_to_number",
+    "contextual_update",
+    "enable_human_takeover",
+    "send_human_message",
+    "disable_human_takeover",
+)
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+CHAT_ONLY = {"enable_human_takeover", "send_human_message", "disable_human_takeover"}
+
+
+@dataclass
+class Command:
+    command_type: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What a command did: ``accepted`` (applied), a short ``effect``, frames it produced."""
+
+    accepted: bool
+    effect: str
+    frames: list[Frame] = field(default_factory=list)
+    ends_conversation: bool = False
+
+
+def parse(text: str | bytes) -> Command:
+    """Read a command frame; never raises."""
+    if isinstance(text, bytes):
+        return Command(None, error="binary frame")
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return Command(None, error="invalid JSON")
+    if not isinstance(data, dict):
+        return Command(None, error="not a JSON object")
+    kind = data.get("command_type")
+    params = data.get("parameters") or {}
+    if not isinstance(kind, str):
+        return Command(None, error="missing command_type")
+    if not isinstance(params, dict):
+        return Command(kind, error="parameters must be an object")
+    if kind not in COMMAND_TYPES:
+        return Command(kind, params, error="unknown command_type")
+    return Command(kind, params)
+
+
+def _text_param(params: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = params.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def apply(script: ConversationScript, command: Command, now: float) -> Outcome:
+    """Apply ``command`` to a live conversation at virtual time ``now``."""
+    if command.error is not None or command.command_type is None:
+        return Outcome(False, f"rejected: {command.error}")
+    kind = command.command_type
+    params = command.parameters
+    if script.finished:
+        return Outcome(False, "not applied: conversation already ended")
+    if kind in CHAT_ONLY and script.kind != "chat":
+        return Outcome(False, "not applied: voice conversation (human takeover is chat only)")
+    if kind == "end_call":
+        return Outcome(True, "conversation ended", script.end_call(now), ends_conversation=True)
+    if kind == "transfer_to_number":
+        number = _text_param(params, "phone_number")
+        if number is None or not E164.match(number):
+            return Outcome(False, "rejected: phone_number missing or not E.164")
+        return Outcome(
+            True,
+            "transferred; conversation ended",
+            script.transfer(now, number),
+            ends_conversation=True,
+        )
+    if kind == "contextual_update":
+        if _text_param(params, "contextual_update", "text") is None:
+            return Outcome(False, "rejected: contextual_update text missing")
+        return Outcome(True, "context noted (no visible effect)")
+    if kind == "enable_human_takeover":
+        already = script.takeover
+        script.takeover = True
+        return Outcome(True, "takeover already enabled" if already else "takeover enabled")
+    if kind == "disable_human_takeover":
+        was = script.takeover
+        script.takeover = False
+        return Outcome(True, "takeover disabled" if was else "takeover was not enabled")
+    # send_human_message
+    text = _text_param(params, "text")
+    if text is None:
+        return Outcome(False, "rejected: text missing")
+    if not script.takeover:
+        return Outcome(False, "not applied: human takeover is not enabled")
+    script.human_message(text)
+    return Outcome(True, "human message queued as agent_response")

@@ -1,0 +1,47 @@
+"""The simulator's record of one conversation: its script, REST status and replay buffer."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator.script import ConversationScript
+
+REPLAY_SIZE = 100
+
+
+@dataclass(eq=False)
+class Conversation:
+    """A conversation as the simulated upstream knows it.
+
+    ``status`` moves ``in-progress`` → ``processing`` → ``done``. ``replay`` keeps the last
+    :data:`REPLAY_SIZE` frame texts in generation order for monitors that (re)connect.
+    ``monitors`` holds the open monitor connections (server objects).
+    """
+
+    seq: int
+    slot: int
+    script: ConversationScript
+    start_unix: float
+    status: str = "in-progress"
+    end_unix: float | None = None
+    frames: int = 0
+    replay: deque[str] = field(default_factory=lambda: deque(maxlen=REPLAY_SIZE))
+    monitors: set[Any] = field(default_factory=set)
+
+    @property
+    def conversation_id(self) -> str:
+        return self.script.conversation_id
+
+    @property
+    def agent_id(self) -> str:
+        return self.script.agent.agent_id
+
+    @property
+    def live(self) -> bool:
+        return self.status == "in-progress"
+
+    def duration(self, now_unix: float) -> int:
+        end = self.end_unix if self.end_unix is not None else now_unix
+        return max(0, int(end - self.start_unix))
