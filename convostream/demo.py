@@ -20,7 +20,7 @@ import click
 from pydantic import Field
 
 from convostream import runtime
-from convostream.broker import free_port
+from convostream.broker import create_topics, free_port, wait_until_ready
 from convostream.logs import get_logger
 from convostream.settings import CommonSettings, load_settings, settings_options
 from convostream.supervise import Component
@@ -104,12 +104,26 @@ async def _http_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]
     return None
 
 
+# simulator status field -> label on the status line
+SIM_FIELDS = {
+    "live": "live",
+    "ended": "ended",
+    "frames_generated": "frames",
+    "sockets_open": "sockets",
+    "drops": "drops",
+    "commands_received": "commands",
+}
+
+
 def _status_line(elapsed: float, sim: dict[str, Any] | None) -> str:
-    parts = [f"{elapsed:6.0f}s"]
+    parts = [f"{elapsed:5.0f}s"]
     if sim is None:
         parts.append("simulator: starting")
     else:
-        parts.extend(f"{k}={v}" for k, v in sim.items() if isinstance(v, int | float | str))
+        parts.append(
+            "upstream: "
+            + " ".join(f"{label}={sim.get(key, '?')}" for key, label in SIM_FIELDS.items())
+        )
     return "  ".join(parts)
 
 
@@ -125,6 +139,9 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
         for comp in procs:
             await comp.start(settings.demo_dir)
             log.info("started", component=comp.name, log=str(comp.log_path))
+            if comp.name == "broker":  # everything after it needs the topics
+                await wait_until_ready(f"127.0.0.1:{broker_port}", timeout=60)
+                await create_topics(f"127.0.0.1:{broker_port}", prefix=settings.topic_prefix)
         click.echo(
             f"convostream demo: broker 127.0.0.1:{broker_port}, simulator "
             f"http://127.0.0.1:{sim_port}, logs in {settings.demo_dir}/ (Ctrl-C stops)"

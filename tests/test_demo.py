@@ -1,0 +1,64 @@
+"""``convostream demo`` starts every component and stops them all cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "convostream", "demo", "--dir", str(tmp_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CONVOSTREAM_LOG_FORMAT": "json"},
+    )
+
+
+def _stopped_components(stderr: str) -> dict[str, int]:
+    out = {}
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "stopped":
+                out[entry["component"]] = entry["exit_code"]
+    return out
+
+
+def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--run-for", "6", "--conversations", "5", "--events-per-second", "10")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "convostream demo: broker 127.0.0.1:" in stdout
+    assert _stopped_components(stderr) == {"broker": 0, "simulator": 0}
+    lines = (tmp_path / "ground-truth.jsonl").read_text().splitlines()
+    assert lines, "the simulator generated no frames"
+    assert json.loads(lines[0])["frame"]
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--conversations", "3")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "ground-truth.jsonl").exists():
+            time.sleep(0.2)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    stopped = _stopped_components(stderr)
+    assert set(stopped) == {"broker", "simulator"}
+    assert all(code == 0 for code in stopped.values()), stopped
