@@ -10,8 +10,9 @@ Choices where the upstream is undocumented:
   an unknown conversation closes 1008 ``conversation not found``; an ended one (status no longer
   ``in-progress``) closes 1008 ``conversation has ended``.
 - No connection limit per conversation; several monitors get the same frames.
-- Replay on connect: the last 100 frames generated, in generation order, unmarked; frames still
-  held back by the reorder jitter may therefore arrive twice (replay and live).
+- Replay on connect: the last 100 frames generated, in generation order, unmarked; then every
+  frame generated after the connect, with the reorder jitter. A frame still held back by the
+  jitter at connect time comes in the replay only: one connection never gets a frame twice.
 - Drops (``--disconnect-every``): an abrupt TCP abort, or a close with 1011 or 1012. Frames
   queued for a dropped socket are lost (the next connection's replay covers them).
 - A monitor that falls more than 10,000 frames behind is closed with 1011 (slow consumer).
@@ -61,7 +62,7 @@ log = get_logger("simulator")
 class Connection:
     """One monitor socket: a queue of frame texts drained by its own writer task."""
 
-    __slots__ = ("aborted", "closing", "conv", "id", "queue", "sim", "wake", "ws")
+    __slots__ = ("aborted", "closing", "conv", "id", "queue", "replayed", "sim", "wake", "ws")
 
     def __init__(self, sim: Simulator, ws: ServerConnection, conv: Conversation, ident: int):
         self.sim = sim
@@ -72,6 +73,7 @@ class Connection:
         self.wake = asyncio.Event()
         self.closing = False
         self.aborted = False
+        self.replayed = conv.frames  # frames up to this number reach it through the replay
 
     def push(self, text: str) -> None:
         if self.closing:
@@ -308,9 +310,10 @@ class Simulator:
                 conv,
             )
         elif kind == schedule.SEND:
-            conv, text = item.payload
+            conv, number, text = item.payload
             for monitor in conv.monitors:
-                monitor.push(text)
+                if number > monitor.replayed:
+                    monitor.push(text)
         elif kind == schedule.START:
             self._start_conversation(item.due, item.payload, item.key)
         elif kind == schedule.CLOSE:
@@ -369,7 +372,7 @@ class Simulator:
             self._gt.write(b"\n")
         if self.reorder.max_s > 0:
             self.timeline.push(
-                self.reorder.send_at(at), schedule.SEND, conv.seq, (conv, frame.text)
+                self.reorder.send_at(at), schedule.SEND, conv.seq, (conv, conv.frames, frame.text)
             )
         else:
             for conn in conv.monitors:

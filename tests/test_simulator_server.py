@@ -117,6 +117,7 @@ async def test_reorder_delivers_everything_within_the_bound(
         assert got.code == 1000
         generated = frames_of(gt, conv.conversation_id)
         assert set(got.frames) == set(generated), "every frame arrives"
+        assert len(got.frames) == len(generated), "and only once on one connection"
         # Generation times are deterministic: replay the script's timing to get them.
         script = ConversationScript(
             sim.settings.sim_seed,
