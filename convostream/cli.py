@@ -16,6 +16,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulator.cli:simulate", "Run the upstream simulator (monitor sockets + REST)."),
     "tail": ("convostream.tail:tail", "Print decoded records of a topic as JSON lines."),
     "demo": ("convostream.demo:demo", "Run the whole pipeline on this machine."),
+    "command-worker": (
+        "ingest.commands.cli:command_worker",
+        "Deliver commands from convai.commands upstream; write their results.",
+    ),
+    "send-command": (
+        "ingest.commands.cli:send_command",
+        "Sign and send one command, wait for its result.",
+    ),
+    "collect": ("ingest.cli:collect", "Discover live conversations and monitor them into Kafka."),
 }
 
 

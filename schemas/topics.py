@@ -69,6 +69,16 @@ COMMAND_RESULTS = Topic(
     "delete",
     "Exactly one result per command, whatever happened.",
 )
+COMMAND_INTENTS = Topic(
+    "convai.command-intents",
+    "command_id",
+    "ControlCommand",
+    6,
+    "delete",
+    "Internal write-ahead log of the command workers: a command about to be written upstream "
+    "(headers: source partition/offset); same partition count as convai.commands. Keys are "
+    "unique, so compaction would keep everything: time retention bounds it instead.",
+)
 METRICS_CONVERSATIONS = Topic(
     "convai.metrics.conversations",
     "conversation_id",
@@ -100,6 +110,7 @@ CATALOGUE: tuple[Topic, ...] = (
     MONITOR_DLQ,
     COMMANDS,
     COMMAND_RESULTS,
+    COMMAND_INTENTS,
     METRICS_CONVERSATIONS,
     METRICS_AGENT_WINDOWS,
     EVENTS_LATE,

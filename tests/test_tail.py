@@ -141,4 +141,5 @@ def test_tail_follows_until_ctrl_c(topics: tuple[str, str]) -> None:
 def test_unknown_topic_lists_the_known_ones() -> None:
     result = CliRunner().invoke(tail, ["convai.nope"])
     assert result.exit_code == 2
-    assert "unknown topic 'convai.nope'; known topics: convai.command-results" in result.output
+    known = "known topics: convai.command-intents, convai.command-results"
+    assert f"unknown topic 'convai.nope'; {known}" in result.output
