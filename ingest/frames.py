@@ -35,6 +35,7 @@ class FrameResult:
     event: dict[str, Any] | None = None
     dead_letter: dict[str, Any] | None = None
     gap: Gap | None = None
+    end_call: bool = False  # an agent_tool_response of the end_call tool: the conversation ends
 
     @property
     def duplicate(self) -> bool:
@@ -82,6 +83,14 @@ class FrameReader:
     def tick(self, now: float) -> Gap | None:
         return self._filter.tick(now)
 
+    def history(self) -> list[bytes]:
+        """Frame digests this reader has seen, for the collector that takes over."""
+        return self._filter.history()
+
+    def seed(self, digests: list[bytes]) -> None:
+        """Continue from a previous owner's :meth:`history`."""
+        self._filter.seed(digests)
+
     def frame(self, data: bytes | str, received_at: int, now: float) -> FrameResult:
         """Classify one frame; ``received_at`` is epoch microseconds, ``now`` monotonic seconds."""
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
@@ -110,7 +119,8 @@ class FrameReader:
             "raw": text,
             "payload": payload,
         }
-        return FrameResult(event=event, gap=gap)
+        end_call = event_type == "agent_tool_response" and payload[1].get("tool_name") == "end_call"
+        return FrameResult(event=event, gap=gap, end_call=end_call)
 
     def _parse(self, raw: bytes) -> tuple[str, dict[str, Any]] | Unreadable:
         """``(text, object)`` of a readable frame, else why it cannot be read."""

@@ -15,6 +15,14 @@ replay and live frames, and frames carry no unique id. So:
   the last ``replay_size`` frames are assumed to be the overlap.
 * If a burst overlaps nothing we had seen, frames between our last one and the oldest replayed
   one may be lost: that is a gap, reported once per connection, never hidden.
+* A frame generated just before a reconnect but still in flight (the upstream sends
+  asynchronously, out of order) can come twice on the new connection: in the replay and live.
+  With ``echo_window`` > 0, a later frame identical to a frame the burst brought *new* is that
+  frame's echo if it arrives within ``echo_window`` seconds, once per such frame (the price: a
+  genuine repeat of such a frame inside that window is taken for an echo).
+* The history can be exported and seeded (:meth:`ReplayFilter.history`,
+  :meth:`ReplayFilter.seed`), so a collector taking a conversation over from another keeps
+  de-duplicating the replay against what the previous owner published.
 
 Time is passed in (monotonic seconds), so every rule is testable without a clock.
 """
@@ -26,11 +34,13 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 REPLAY_SIZE = 100
+DIGEST_SIZE = 16
+ALIGN_SLACK = 16  # how far out of order live frames may arrive, in frames
 
 
 def frame_digest(raw: bytes) -> bytes:
     """A 16-byte digest of the frame text: what the history keeps instead of the text."""
-    return hashlib.blake2b(raw, digest_size=16).digest()
+    return hashlib.blake2b(raw, digest_size=DIGEST_SIZE).digest()
 
 
 def event_key(conversation_id: str, digest: bytes, occurrence: int) -> str:
@@ -68,6 +78,9 @@ class ReplayFilter:
         "_budget",
         "_burst_gap",
         "_counts",
+        "_echo",
+        "_echo_until",
+        "_echo_window",
         "_history",
         "_in_burst",
         "_last_at",
@@ -80,11 +93,18 @@ class ReplayFilter:
     )
 
     def __init__(
-        self, window: int = 256, replay_size: int = REPLAY_SIZE, burst_gap: float = 0.25
+        self,
+        window: int = 256,
+        replay_size: int = REPLAY_SIZE,
+        burst_gap: float = 0.25,
+        echo_window: float = 0.0,
     ) -> None:
-        if window < replay_size:
-            raise ValueError("window must hold at least one replay")
+        if window < replay_size + ALIGN_SLACK:
+            raise ValueError("window must hold at least one replay and the alignment slack")
         self._window = window
+        self._echo_window = echo_window
+        self._echo: Counter[bytes] | None = None
+        self._echo_until = 0.0
         self._replay_size = replay_size
         self._burst_gap = burst_gap
         self._history: deque[bytes] = deque()
@@ -100,6 +120,7 @@ class ReplayFilter:
     def connected(self, now: float) -> Gap | None:
         """A new connection: its burst starts with the first frame, however long that takes."""
         gap = self._close_burst()
+        self._echo = None
         self._in_burst = True
         self._budget = None
         self._last_at = now
@@ -110,6 +131,15 @@ class ReplayFilter:
 
     def disconnected(self) -> Gap | None:
         return self._close_burst()
+
+    def history(self) -> list[bytes]:
+        """Digests of the retained frames, oldest first (what :meth:`seed` takes)."""
+        return list(self._history)
+
+    def seed(self, digests: list[bytes]) -> None:
+        """Start from another collector's history, before the first connection."""
+        for digest in digests[-self._window :]:
+            self._remember(digest)
 
     def tick(self, now: float) -> Gap | None:
         """Close the burst after a quiet spell, so a gap is reported without another frame."""
@@ -130,6 +160,13 @@ class ReplayFilter:
         seq = self._seq
         self._seq += 1
         replay = self._in_burst
+        echo = self._echo
+        if echo is not None:
+            if now > self._echo_until:
+                self._echo = None
+            elif echo[digest] > 0:
+                echo[digest] -= 1
+                return Verdict(True, False, -1, seq), gap
         if replay:
             self._replayed += 1
             if self._budget is None:
@@ -140,16 +177,27 @@ class ReplayFilter:
                 return Verdict(True, True, -1, seq), gap
         occurrence = self._counts[digest]
         self._remember(digest)
+        if replay and self._echo_window > 0:
+            if self._echo is None:
+                self._echo = Counter()
+            self._echo[digest] += 1
+            self._echo_until = now + self._echo_window
         return Verdict(False, replay, occurrence, seq), gap
 
     def _align(self, first: bytes) -> Counter[bytes]:
-        """The history entries the replay window still owes us."""
+        """The history entries the replay window still owes us.
+
+        The replay comes in generation order, the history in arrival order: frames that
+        overtook each other live sit up to ``ALIGN_SLACK`` places apart, so the window opens
+        that much before the first replayed frame.
+        """
         size = len(self._history)
         start = max(0, size - self._replay_size)
         for pos in range(start, size):  # earliest copy inside the last replay_size frames
             if self._history[pos] == first:
                 start = pos
                 break
+        start = max(0, start - ALIGN_SLACK)
         return Counter(self._history[i] for i in range(start, size))
 
     def _remember(self, digest: bytes) -> None:

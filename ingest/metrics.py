@@ -1,0 +1,98 @@
+"""Prometheus metrics of a collector (``convostream_collector_*``).
+
+Labels stay low-cardinality: event types are the documented ones plus ``other`` (upstream may
+invent types), DLQ reasons are the frame core's fixed codes, never conversation ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas.payloads import PAYLOAD_RECORDS
+
+_P = "convostream_collector_"
+KNOWN_TYPES = frozenset(PAYLOAD_RECORDS)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every metric of one collector process, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames = Counter(
+            _P + "frames",
+            "Frames read from monitor sockets, by upstream type.",
+            ["type"],
+            registry=r,
+        )
+        self.live_sockets = Gauge(_P + "live_sockets", "Open monitor sockets.", registry=r)
+        self.monitored = Gauge(
+            _P + "monitored_conversations",
+            "Conversations this collector owns and monitors.",
+            registry=r,
+        )
+        self.partitions = Gauge(
+            _P + "owned_partitions",
+            "Partitions of convai.conversations assigned here.",
+            registry=r,
+        )
+        self.reconnects = Counter(_P + "reconnects", "Monitor socket reconnects.", registry=r)
+        self.duplicates = Counter(
+            _P + "replay_duplicates_dropped", "Replayed frames dropped as duplicates.", registry=r
+        )
+        self.gaps = Counter(
+            _P + "gaps", "Reconnects whose replay could not cover what was missed.", registry=r
+        )
+        self.dlq = Counter(
+            _P + "dlq_records",
+            "Frames sent to convai.monitor.dlq, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.buffer_records = Gauge(
+            _P + "buffer_records", "Records waiting for a broker acknowledgement.", registry=r
+        )
+        self.buffer_bytes = Gauge(
+            _P + "buffer_bytes", "Bytes waiting for a broker acknowledgement.", registry=r
+        )
+        self.buffer_fill = Gauge(
+            _P + "buffer_fill_ratio",
+            "Buffer use against its bound (1: back-pressure).",
+            registry=r,
+        )
+        self.published = Counter(
+            _P + "published_records",
+            "Records acknowledged by the broker, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            _P + "publish_latency_seconds",
+            "From reading a frame to the broker's acknowledgement of its record.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.discovery_errors = Counter(
+            _P + "discovery_errors",
+            "Failed REST discovery requests, by HTTP status or error.",
+            ["status"],
+            registry=r,
+        )
+        self.ended = Counter(
+            _P + "conversations_ended",
+            "Monitored conversations that ended, by how.",
+            ["how"],
+            registry=r,
+        )
+        self._frame_children = {t: self.frames.labels(t) for t in KNOWN_TYPES}
+        self._other = self.frames.labels("other")
+
+    def frame(self, event_type: str) -> None:
+        self._frame_children.get(event_type, self._other).inc()
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on ``port`` (a daemon thread), unless ``port`` is 0."""
+        if port:
+            start_http_server(port, registry=self.registry)

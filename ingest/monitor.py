@@ -1,0 +1,278 @@
+"""One monitor socket per live conversation: connect, read, reconnect, notice the end.
+
+The reading loop does the least per frame: one ``recv`` as bytes (the frame core, not the
+socket library, decides what is unreadable, so a bad frame goes to the DLQ instead of killing
+the connection), the sans-I/O :class:`~ingest.frames.FrameReader`, one Avro encode, one append
+to the publisher's FIFO. It stops reading while the publisher is full (back-pressure) or while
+the conversation's partition is being handed over (:meth:`Monitor.pause`).
+
+End detection: close 1000 after an ``end_call`` tool response ends it; close 1000 or 1008
+otherwise asks REST, and the conversation has ended when its status left ``in-progress``. A
+1008 while REST still says in progress (bad key, no monitoring rights) gives up and says why.
+Anything else reconnects with jittered exponential back-off while the conversation is live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from convostream.logs import get_logger
+from ingest.backoff import Backoff
+from ingest.discovery import ENDED, RestClient
+from ingest.frames import FrameReader
+from ingest.lifecycle import record
+from ingest.metrics import Metrics
+from ingest.ownership import partition_for
+from ingest.publisher import Outgoing, Publisher
+from ingest.replay import Gap, ReplayFilter
+from schemas.serde import Serde
+
+log = get_logger("ingest.monitor")
+
+HISTORY_WINDOW = 128  # >= the 100-frame replay; kept small: it is most of a monitor's memory
+CHECK_AFTER_FAILURES = 3  # consecutive failed connections before asking REST whether it ended
+
+
+@dataclass(slots=True)
+class Context:
+    """What every monitor of a collector shares."""
+
+    collector_id: str
+    ws_base: str
+    api_key: str | None
+    serde: Serde
+    publisher: Publisher
+    metrics: Metrics
+    rest: RestClient
+    events_topic: str
+    events_partitions: int
+    dlq_topic: str
+    dlq_partitions: int
+    lifecycle: Callable[[dict[str, Any]], None]
+    connect_timeout: float
+    ping_interval: float
+    backoff_base: float
+    backoff_max: float
+    max_frame_bytes: int
+    echo_window: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a monitor stopped for good.
+
+    ``how``: ``end_call``, ``status`` (REST after a close 1000), ``ended_while_disconnected``
+    (REST after an abnormal close: the frames sent after it may be missing, a gap) or
+    ``refused`` (1008 while still in progress: the conversation is no longer monitored).
+    """
+
+    how: str
+    status: str | None
+    detail: str
+
+
+class Monitor:
+    """Reads one conversation's monitor socket until the conversation ends or it is released."""
+
+    __slots__ = (
+        "_end_call",
+        "_gate",
+        "_key",
+        "_on_end",
+        "_p_dlq",
+        "_p_events",
+        "agent_id",
+        "conversation_id",
+        "ctx",
+        "reader",
+        "task",
+    )
+
+    def __init__(
+        self,
+        ctx: Context,
+        conversation_id: str,
+        agent_id: str | None,
+        history: list[bytes] | None,
+        on_end: Callable[[Monitor, Ending], None],
+    ) -> None:
+        self.ctx = ctx
+        self.conversation_id = conversation_id
+        self.agent_id = agent_id
+        replay = ReplayFilter(window=HISTORY_WINDOW, echo_window=ctx.echo_window)
+        self.reader = FrameReader(
+            conversation_id, ctx.collector_id, agent_id, ctx.max_frame_bytes, replay
+        )
+        if history:
+            self.reader.seed(history)
+        self._on_end = on_end
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._key = conversation_id.encode("utf-8")
+        self._p_events = partition_for(conversation_id, ctx.events_partitions)
+        self._p_dlq = partition_for(conversation_id, ctx.dlq_partitions)
+        self._end_call = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"monitor-{self.conversation_id}")
+
+    def pause(self) -> None:
+        """Stop handing frames on (a frame already read waits; it is dropped if we stop)."""
+        self._gate.clear()
+
+    def resume(self) -> None:
+        self._gate.set()
+
+    async def stop(self) -> None:
+        """Close the socket; frames read but not yet handed on are left to the replay."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+
+    async def _run(self) -> None:
+        ctx = self.ctx
+        backoff = Backoff(ctx.backoff_base, ctx.backoff_max)
+        url = f"{ctx.ws_base}/v1/convai/conversations/{self.conversation_id}/monitor"
+        headers = {"xi-api-key": ctx.api_key} if ctx.api_key else {}
+        failures = 0
+        announced = False
+        while True:
+            code: int | None = None
+            reason = ""
+            frames = 0
+            try:
+                async with connect(
+                    url,
+                    additional_headers=headers,
+                    open_timeout=ctx.connect_timeout,
+                    ping_interval=ctx.ping_interval or None,
+                    ping_timeout=ctx.ping_interval or None,
+                    close_timeout=2,
+                    max_queue=8,
+                    max_size=4 * ctx.max_frame_bytes,
+                    compression=None,
+                ) as ws:
+                    if not announced:
+                        ctx.lifecycle(self._record("monitoring", None))
+                        announced = True
+                    frames = await self._read(ws)
+                    code, reason = ws.close_code, ws.close_reason or ""
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                reason = type(exc).__name__
+            if frames:
+                backoff.reset()
+                failures = 0
+            else:
+                failures += 1
+            ending = await self._ending(code, reason, failures)
+            if ending is not None:
+                self._on_end(self, ending)
+                return
+            if failures >= CHECK_AFTER_FAILURES:
+                failures = 0
+            ctx.metrics.reconnects.inc()
+            log.debug("reconnecting", conversation_id=self.conversation_id, code=code)
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _read(self, ws: ClientConnection) -> int:
+        """Read until the socket closes; returns the number of frames read."""
+        ctx = self.ctx
+        reader = self.reader
+        loop = asyncio.get_running_loop()
+        gate, room = self._gate, ctx.publisher.room
+        gap = reader.connected(uuid.uuid4().hex, loop.time())
+        if gap is not None:
+            self._gap(gap)
+        ctx.metrics.live_sockets.inc()
+        frames = 0
+        try:
+            while True:
+                data = await ws.recv(decode=False)
+                if not gate.is_set():
+                    await gate.wait()
+                if not room.is_set():
+                    await room.wait()
+                frames += 1
+                self._frame(data, loop.time())
+        except ConnectionClosed:
+            return frames
+        finally:
+            ctx.metrics.live_sockets.dec()
+            gap = reader.disconnected()
+            if gap is not None:
+                self._gap(gap)
+
+    def _frame(self, data: bytes, now: float) -> None:
+        ctx = self.ctx
+        result = self.reader.frame(data, time.time_ns() // 1000, now)
+        if result.gap is not None:
+            self._gap(result.gap)
+        event = result.event
+        if event is not None:
+            ctx.metrics.frame(event["type"])
+            value = ctx.serde.encode("MonitorEvent", event)
+            ctx.publisher.offer(Outgoing(ctx.events_topic, self._p_events, self._key, value, now))
+            if result.end_call:
+                self._end_call = True
+        elif result.dead_letter is not None:
+            letter = result.dead_letter
+            ctx.metrics.dlq.labels(letter["reason"]).inc()
+            value = ctx.serde.encode("DeadLetter", letter)
+            ctx.publisher.offer(Outgoing(ctx.dlq_topic, self._p_dlq, self._key, value, now))
+        else:
+            ctx.metrics.duplicates.inc()
+
+    def _gap(self, gap: Gap) -> None:
+        self.ctx.metrics.gaps.inc()
+        log.warning(
+            "replay did not cover a disconnect",
+            conversation_id=self.conversation_id,
+            replayed=gap.replayed,
+            history=gap.history,
+        )
+        self.ctx.lifecycle(
+            self._record("gap", None, {"replayed": gap.replayed, "history": gap.history})
+        )
+
+    def _record(
+        self, state: str, status: str | None, detail: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return record(
+            self.conversation_id,
+            state,
+            agent_id=self.agent_id,
+            collector_id=self.ctx.collector_id,
+            detail=detail,
+            status=status,
+        )
+
+    async def _ending(self, code: int | None, reason: str, failures: int) -> Ending | None:
+        """Whether the conversation is over after a close (asks REST when in doubt)."""
+        if code == 1000 and self._end_call:
+            return Ending("end_call", None, "closed 1000 after end_call")
+        if code not in (1000, 1008) and failures < CHECK_AFTER_FAILURES:
+            return None
+        try:
+            status = await self.ctx.rest.status(self.conversation_id)
+        except ConnectionError:
+            return None  # REST unreachable: keep trying the socket
+        if status in ENDED:
+            # without a close 1000 the upstream may have had frames still to send: say so
+            how = "status" if code == 1000 else "ended_while_disconnected"
+            return Ending(how, status, f"closed {code} {reason}".strip())
+        if code == 1008:
+            return Ending("refused", status, f"closed 1008 {reason}".strip())
+        return None

@@ -1,0 +1,123 @@
+"""Which conversations this collector owns, from the partitions the consumer group gave it.
+
+A conversation belongs to the partition its id hashes to on ``convai.conversations`` (murmur2,
+like the Kafka default partitioner and aiokafka's), so the group's assignment decides who
+monitors it: no coordinator of our own. Per owned partition the :class:`Ledger` folds the
+lifecycle records read so far into the set of live conversations, and says which offset to
+commit: the first record of the oldest still-live conversation, so that a new owner re-reads
+exactly the announcements (and hand-over records) it needs. Sans-I/O.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from aiokafka.partitioner import murmur2
+
+from ingest.lifecycle import Observed
+
+ENDED_MEMORY = 4096  # ended conversation ids remembered per partition (announcements can lag)
+
+
+@lru_cache(maxsize=65536)
+def partition_for(conversation_id: str, partitions: int) -> int:
+    """The partition the Kafka default partitioner puts this key in."""
+    return (int(murmur2(conversation_id.encode("utf-8"))) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(slots=True)
+class Conversation:
+    """A live conversation of an owned partition."""
+
+    agent_id: str | None
+    first_offset: int | None  # offset of its first record read; None: known from REST only
+    history: list[bytes] | None = None  # hand-over from the previous owner, if any
+
+
+@dataclass(slots=True)
+class PartitionState:
+    live: dict[str, Conversation] = field(default_factory=dict)
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    catch_up_to: int = 0  # the partition's end offset when it was assigned
+    ready: bool = False  # read up to catch_up_to: its hand-over records are known
+
+    def mark_ended(self, conversation_id: str) -> None:
+        self.live.pop(conversation_id, None)
+        self.ended[conversation_id] = None
+        self.ended.move_to_end(conversation_id)
+        while len(self.ended) > ENDED_MEMORY:
+            self.ended.popitem(last=False)
+
+
+class Ledger:
+    """Live conversations per owned partition, built from lifecycle records and discovery."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.owned: dict[int, PartitionState] = {}
+
+    def partition(self, conversation_id: str) -> int:
+        return partition_for(conversation_id, self.partitions)
+
+    def assign(self, partition: int, end_offset: int) -> None:
+        """A newly owned partition: its monitors start once it is read up to ``end_offset``."""
+        self.owned[partition] = PartitionState(catch_up_to=end_offset)
+
+    def revoke(self, partition: int) -> None:
+        self.owned.pop(partition, None)
+
+    def ready(self, partition: int, position: int) -> bool:
+        """Whether the partition was read far enough to know its hand-over records."""
+        state = self.owned.get(partition)
+        if state is None:
+            return False
+        if not state.ready and position >= state.catch_up_to:
+            state.ready = True
+        return state.ready
+
+    def apply(self, partition: int, offset: int, seen: Observed) -> None:
+        """Fold one record read from an owned partition."""
+        state = self.owned.get(partition)
+        if state is None:
+            return
+        cid = seen.conversation_id
+        if seen.ended:
+            state.mark_ended(cid)
+            return
+        if not seen.live or cid in state.ended:
+            return
+        conv = state.live.get(cid)
+        if conv is None:
+            conv = state.live[cid] = Conversation(seen.agent_id, offset)
+        elif conv.first_offset is None:
+            conv.first_offset = offset
+        conv.agent_id = conv.agent_id or seen.agent_id
+        if seen.history is not None:
+            conv.history = seen.history
+
+    def discovered(self, conversation_id: str, agent_id: str | None) -> bool:
+        """A conversation REST says is in progress: True when it is ours and new to us."""
+        state = self.owned.get(self.partition(conversation_id))
+        if state is None or conversation_id in state.live or conversation_id in state.ended:
+            return False
+        state.live[conversation_id] = Conversation(agent_id, None)
+        return True
+
+    def ended(self, conversation_id: str) -> None:
+        state = self.owned.get(self.partition(conversation_id))
+        if state is not None:
+            state.mark_ended(conversation_id)
+
+    def is_live(self, conversation_id: str) -> bool:
+        state = self.owned.get(self.partition(conversation_id))
+        return state is not None and conversation_id in state.live
+
+    def commit_offset(self, partition: int, position: int) -> int:
+        """Where a new owner should start reading: the oldest live conversation's first record."""
+        state = self.owned.get(partition)
+        if state is None:
+            return position
+        firsts = [c.first_offset for c in state.live.values() if c.first_offset is not None]
+        return min([position, *firsts])

@@ -1,0 +1,136 @@
+"""Knobs of ``convostream collect``: every field is a flag and a ``CONVOSTREAM_*`` variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from pydantic import Field
+
+from convostream.settings import UpstreamSettings
+
+
+def _flag(name: str) -> dict[str, Any]:
+    return {"flag": name}
+
+
+def default_collector_id() -> str:
+    """``hostname-pid``: unique per process, readable in records and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CollectorSettings(UpstreamSettings):
+    """Discovery, ownership, monitor sockets and publishing of one collector process."""
+
+    collector_agent_ids: str = Field(
+        "",
+        description="Only monitor these agents (comma separated agent ids; empty: all).",
+        json_schema_extra=_flag("--agent-ids"),
+    )
+    collector_poll_interval: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between REST discovery polls.",
+        json_schema_extra=_flag("--poll-interval"),
+    )
+    collector_page_size: int = Field(
+        100,
+        ge=1,
+        le=100,
+        description="page_size of GET /v1/convai/conversations.",
+        json_schema_extra=_flag("--page-size"),
+    )
+    collector_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds to open a monitor socket (and per REST request).",
+        json_schema_extra=_flag("--connect-timeout"),
+    )
+    collector_ping_interval: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds between WebSocket keep-alive pings (0: none).",
+        json_schema_extra=_flag("--ping-interval"),
+    )
+    collector_backoff_base: float = Field(
+        0.2,
+        gt=0,
+        description="First reconnect / REST retry delay in seconds (doubles, with jitter).",
+        json_schema_extra=_flag("--backoff-base"),
+    )
+    collector_backoff_max: float = Field(
+        10.0,
+        gt=0,
+        description="Largest reconnect / REST retry delay in seconds.",
+        json_schema_extra=_flag("--backoff-max"),
+    )
+    collector_max_frame_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Frames larger than this go to the DLQ as oversize.",
+        json_schema_extra=_flag("--max-frame-bytes"),
+    )
+    collector_replay_echo_ms: float = Field(
+        2000.0,
+        ge=0,
+        description="A live frame identical to a new frame of the reconnect replay within this "
+        "many ms is the same frame sent twice (replayed while still in flight), not a repeat.",
+        json_schema_extra=_flag("--replay-echo-ms"),
+    )
+    collector_buffer_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of encoded records held until the broker acknowledges them; when "
+        "full, sockets stop being read (back-pressure).",
+        json_schema_extra=_flag("--buffer-bytes"),
+    )
+    collector_buffer_records: int = Field(
+        200_000,
+        ge=10,
+        description="Records held until acknowledged (the other bound of the buffer).",
+        json_schema_extra=_flag("--buffer-records"),
+    )
+    collector_linger_ms: int = Field(
+        5, ge=0, description="Producer linger.ms.", json_schema_extra=_flag("--linger-ms")
+    )
+    collector_max_batch_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Producer batch size per partition in bytes.",
+        json_schema_extra=_flag("--max-batch-bytes"),
+    )
+    collector_compression: str = Field(
+        "none",
+        description="Producer compression: none, gzip, snappy, lz4 or zstd.",
+        json_schema_extra=_flag("--compression"),
+    )
+    collector_id: str = Field(
+        "",
+        description="This collector's id in records and logs (empty: hostname-pid).",
+        json_schema_extra=_flag("--collector-id"),
+    )
+    collector_group_id: str = Field(
+        "convostream-collectors",
+        description="Consumer group that shares the conversations among collectors.",
+        json_schema_extra=_flag("--group-id"),
+    )
+    collector_session_timeout_ms: int = Field(
+        3000,
+        ge=1000,
+        description="Group session timeout: a dead collector's conversations move after it.",
+        json_schema_extra=_flag("--session-timeout-ms"),
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port on all interfaces (0: disabled).",
+        json_schema_extra=_flag("--metrics-port"),
+    )
+
+    def resolved_id(self) -> str:
+        return self.collector_id or default_collector_id()
+
+    def agent_filter(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.collector_agent_ids.split(",") if a.strip())

@@ -1,0 +1,242 @@
+"""Helpers for the collector's integration tests: subprocess collectors, topic reads, a proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.serde import Serde
+
+SERDE = Serde()
+
+
+@dataclass
+class CollectorProcess:
+    """``python -m convostream collect`` with its log in a file."""
+
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        path = self.log_dir / f"{self.name}-{len(self.logs)}.log"
+        self.logs.append(path)
+        with path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "convostream", "collect"],
+                env={**os.environ, **self.env, "CONVOSTREAM_COLLECTOR_ID": self.name},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for the graceful exit."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+def collector_env(
+    bootstrap: str, upstream: str, key: str, prefix: str, group: str, **extra: str
+) -> dict[str, str]:
+    return {
+        "CONVOSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "CONVOSTREAM_UPSTREAM_URL": upstream,
+        "CONVOSTREAM_API_KEY": key,
+        "CONVOSTREAM_TOPIC_PREFIX": prefix,
+        "CONVOSTREAM_COLLECTOR_GROUP_ID": group,
+        "CONVOSTREAM_LOG_FORMAT": "json",
+        "CONVOSTREAM_COLLECTOR_POLL_INTERVAL": "0.5",
+        "CONVOSTREAM_COLLECTOR_BACKOFF_BASE": "0.1",
+        "CONVOSTREAM_COLLECTOR_BACKOFF_MAX": "2",
+        **extra,
+    }
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    value: dict[str, Any]
+    raw: bytes
+
+
+async def fence(bootstrap: str, topic: str) -> None:
+    """Write a one-record tombstone batch to every partition of ``topic``.
+
+    Tansu 0.6 sets a partition's high watermark to the last batch's base offset + 1, so the
+    tail of a multi-record batch stays invisible to consumers until another batch arrives (see
+    the report); a single-record batch after everything makes all of it readable.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        partitions = await producer.partitions_for(topic)
+        for partition in sorted(partitions):
+            await producer.send_and_wait(topic, None, key=b"fence", partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+    """Every record of ``topic`` (fenced first), decoded, in offset order; tombstones skipped."""
+    await fence(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[Record] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset < ends[tp] and m.value is not None:
+                        out.append(
+                            Record(tp.partition, m.offset, SERDE.decode(m.value)[1], m.value)
+                        )
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+def ground_truth(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@dataclass
+class Check:
+    missing: list[tuple[str, str]]
+    duplicates: int
+    copies: dict[tuple[str, str], list[tuple[Any, ...]]]
+    mismatched_keys: int
+    order_violations: int
+
+
+def check_events(truth: Iterable[dict[str, Any]], events: list[Record]) -> Check:
+    """Match events to the ground truth on (conversation, raw) and check per-connection order."""
+    expected = {(g["conversation_id"], g["frame"]) for g in truth}
+    seen: Counter[tuple[str, str]] = Counter()
+    keys: dict[tuple[str, str], str] = {}
+    mismatched = 0
+    last_seq: dict[str, int] = defaultdict(lambda: -1)
+    violations = 0
+    copies: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+    for rec in events:  # offset order within a partition = publish order per conversation
+        v = rec.value
+        ident = (v["conversation_id"], v["raw"])
+        seen[ident] += 1
+        copies[ident].append(
+            (
+                v["collector_id"],
+                v["connection_id"],
+                v["connection_seq"],
+                v["replay"],
+                v["event_key"],
+            )
+        )
+        if ident in keys and keys[ident] != v["event_key"]:
+            mismatched += 1
+        keys.setdefault(ident, v["event_key"])
+        if seen[ident] > 1:
+            continue
+        conn = v["connection_id"]
+        if v["connection_seq"] <= last_seq[conn]:
+            violations += 1
+        last_seq[conn] = v["connection_seq"]
+    return Check(
+        missing=sorted(expected - set(seen)),
+        duplicates=sum(n - 1 for n in seen.values()),
+        copies={k: c for k, c in copies.items() if len(c) > 1},
+        mismatched_keys=mismatched,
+        order_violations=violations,
+    )
+
+
+class CuttableProxy:
+    """A loopback TCP proxy whose :meth:`cut` makes the target unreachable until :meth:`restore`."""
+
+    def __init__(self, target_port: int, port: int) -> None:
+        self.target_port = target_port
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._pipes.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._pipes.difference_update(pipes)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+        for task in list(self._pipes):
+            task.cancel()
