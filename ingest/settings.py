@@ -72,10 +72,11 @@ class CollectorSettings(UpstreamSettings):
         json_schema_extra=_flag("--max-frame-bytes"),
     )
     collector_replay_echo_ms: float = Field(
-        2000.0,
+        0.0,
         ge=0,
-        description="A live frame identical to a new frame of the reconnect replay within this "
-        "many ms is the same frame sent twice (replayed while still in flight), not a repeat.",
+        description="For an upstream that sends a frame both in a reconnect's replay and live: "
+        "a live frame identical to a new replayed frame within this many ms is dropped as that "
+        "frame's echo (0: off, so identical frames that legitimately repeat are all kept).",
         json_schema_extra=_flag("--replay-echo-ms"),
     )
     collector_buffer_bytes: int = Field(

@@ -296,7 +296,7 @@ class Simulator:
         if kind == schedule.GENERATE:
             conv: Conversation = item.payload
             script = conv.script
-            if not conv.live:
+            if conv.ended:
                 return
             frame = script.next_frame(item.due)
             if frame is None:
@@ -318,6 +318,7 @@ class Simulator:
             self._start_conversation(item.due, item.payload, item.key)
         elif kind == schedule.CLOSE:
             conv = item.payload
+            conv.status = "processing"
             for monitor in list(conv.monitors):
                 monitor.close(1000, "conversation ended")
             self.timeline.push(
@@ -379,7 +380,7 @@ class Simulator:
                 conn.push(frame.text)
 
     def _end(self, conv: Conversation, at: float) -> None:
-        conv.status = "processing"
+        conv.ended = True
         conv.end_unix = self._t0_wall + at
         self.timeline.push(at + self.reorder.max_s + 0.0005, schedule.CLOSE, conv.seq, conv)
         duration = self.settings.sim_duration
@@ -450,7 +451,7 @@ class Simulator:
         outcome = commands.apply(conv.script, command, now)
         for frame in outcome.frames:
             self._emit(conv, frame, now)
-        if outcome.ends_conversation and conv.live:
+        if outcome.ends_conversation and not conv.ended:
             self._end(conv, now)
             self._wake.set()
         if self._cmdlog is not None:

@@ -15,8 +15,11 @@ REPLAY_SIZE = 100
 class Conversation:
     """A conversation as the simulated upstream knows it.
 
-    ``status`` moves ``in-progress`` → ``processing`` → ``done``. ``replay`` keeps the last
-    :data:`REPLAY_SIZE` frame texts in generation order for monitors that (re)connect.
+    ``status`` moves ``in-progress`` → ``processing`` → ``done``. ``ended`` is set when the
+    script is over (or a command ended the call); the status leaves ``in-progress`` only once
+    the last frame has been sent, so a monitor that reconnects in between still gets it.
+    ``replay`` keeps the last :data:`REPLAY_SIZE` frame texts in generation order for monitors
+    that (re)connect.
     ``monitors`` holds the open monitor connections (server objects).
     """
 
@@ -26,6 +29,7 @@ class Conversation:
     start_unix: float
     status: str = "in-progress"
     end_unix: float | None = None
+    ended: bool = False
     frames: int = 0
     replay: deque[str] = field(default_factory=lambda: deque(maxlen=REPLAY_SIZE))
     monitors: set[Any] = field(default_factory=set)
