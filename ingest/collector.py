@@ -87,7 +87,11 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         await registry.prepare(CATALOGUE, s.topic_prefix)
         serde = Serde(registry)
         publisher = Publisher(
-            self._producer, self.metrics, s.collector_buffer_records, s.collector_buffer_bytes
+            self._producer,
+            self.metrics,
+            s.collector_buffer_records,
+            s.collector_buffer_bytes,
+            s.collector_linger_ms / 1000.0,
         )
         await publisher.start()
         self.publisher = publisher

@@ -4,14 +4,23 @@ Records wait in one FIFO until the broker acknowledges them; the FIFO counts aga
 (records and bytes) that covers what aiokafka holds too, and when it is full :attr:`room` is
 cleared so monitors stop reading their sockets (back-pressure, never unbounded memory).
 
-Order: a single pump hands records to aiokafka in FIFO order with an explicit partition, and
-aiokafka keeps at most one request in flight per broker and re-queues a failed batch at the
-front of its partition. With ``enable_idempotence`` batches never expire on retriable errors
-(a broker outage), so they are retried in order until the broker is back, and the sequence
-numbers let the broker drop a retried batch it had already written. A ``send()`` that times out
-(accumulator full while the broker is away) appended nothing, so the same record is simply
-offered again. Anything else (a fatal producer error) restarts the producer and re-sends every
-unacknowledged record, in order: duplicates are then possible, with the same ``event_key``.
+Order: a single pump takes what the FIFO holds (up to :data:`DRAIN_RECORDS` at a time), packs it
+into one record batch per topic-partition (more when a batch is full) in FIFO order, and hands
+each batch to aiokafka with ``send_batch``. aiokafka keeps at most one request in flight per
+broker, queues at most one batch per partition and re-queues a failed batch at the front of its
+partition. With ``enable_idempotence`` batches never expire on retriable errors (a broker
+outage), so they are retried in order until the broker is back, and the sequence numbers let
+the broker drop a retried batch it had already written. A ``send_batch()`` that times out
+(a partition's previous batch still queued while the broker is away) appended nothing, so its
+records go back to the front of the FIFO. Anything else (a fatal producer error) restarts the
+producer and re-sends every unacknowledged record, in order: duplicates are then possible, with
+the same ``event_key``.
+
+Why batches of our own: ``send()`` costs a coroutine, a partition lookup, a future and a
+``RecordMetadata`` per record, and the futures of records waiting for their acknowledgement are
+garbage-collector work; a batch costs one future, and while a request is in flight the FIFO
+fills up, so batches grow with the load (group commit). ``linger`` applies when the pump was
+idle: it waits that long after the first record before packing, as Kafka's ``linger.ms`` does.
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 import convostream.kafka_compat  # noqa: F401 - must precede producers: idempotence on Tansu
 from convostream.logs import get_logger
 from ingest.metrics import Metrics
 
 log = get_logger("ingest.publisher")
+
+DRAIN_RECORDS = 4096  # records packed per turn of the pump (bounds one turn's CPU time)
 
 
 @dataclass(slots=True)
@@ -44,6 +56,10 @@ class Outgoing:
     born: float
 
 
+# topic, partition, the batch, and its records in FIFO order
+_Batch = tuple[str, int, BatchBuilder, list[Outgoing]]
+
+
 class Publisher:
     """FIFO of records between the monitors and an idempotent aiokafka producer."""
 
@@ -53,8 +69,10 @@ class Publisher:
         metrics: Metrics,
         max_records: int,
         max_bytes: int,
+        linger: float = 0.0,
     ) -> None:
         self._make_producer = make_producer
+        self._linger = linger
         self._metrics = metrics
         self.max_records = max_records
         self.max_bytes = max_bytes
@@ -63,9 +81,11 @@ class Publisher:
         self.room = asyncio.Event()
         self.room.set()
         self._queue: deque[Outgoing] = deque()
-        self._inflight: deque[tuple[asyncio.Future[Any], Outgoing]] = deque()
+        self._inflight: deque[tuple[asyncio.Future[Any], list[Outgoing]]] = deque()
+        self._taken = 0  # records off the FIFO, not yet in flight (being handed to aiokafka)
         self._queued = asyncio.Event()
         self._sent = asyncio.Event()
+        self._acked = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
         self._producer: AIOKafkaProducer | None = None
@@ -109,11 +129,15 @@ class Publisher:
         if self.records >= self.max_records or self.bytes >= self.max_bytes:
             self.room.clear()
 
-    def _release(self, record: Outgoing, now: float) -> None:
-        self.records -= 1
-        self.bytes -= len(record.value)
-        if record.born:
-            self._metrics.publish_latency.observe(now - record.born)
+    def _release(self, records: list[Outgoing], now: float) -> None:
+        observe = self._metrics.publish_latency.observe
+        size = 0
+        for record in records:
+            size += len(record.value)
+            if record.born:
+                observe(now - record.born)
+        self.records -= len(records)
+        self.bytes -= size
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record offered so far is acknowledged; False on timeout."""
@@ -142,29 +166,68 @@ class Publisher:
         m.buffer_fill.set(max(self.records / self.max_records, self.bytes / self.max_bytes))
 
     async def _pump(self) -> None:
-        queue, inflight = self._queue, self._inflight
+        queue = self._queue
         while True:
             if not queue:
                 self._queued.clear()
                 await self._queued.wait()
+                if self._linger:  # idle until now: let a batch gather (Kafka's linger.ms)
+                    await asyncio.sleep(self._linger)
                 continue
-            record = queue.popleft()
             async with self._lock:  # recovery must not reorder the queue under our feet
                 producer = self._producer
                 assert producer is not None
+                batches = self._take(producer)
+                sent = 0
                 try:
-                    future = await producer.send(
-                        record.topic, record.value, key=record.key, partition=record.partition
-                    )
-                except KafkaTimeoutError:  # nothing was appended: offer the same record again
-                    queue.appendleft(record)
-                    continue
+                    for topic, partition, builder, records in batches:
+                        future = await producer.send_batch(builder, topic, partition=partition)
+                        future.add_done_callback(self._wake_ack)
+                        self._inflight.append((future, records))
+                        self._taken -= len(records)
+                        sent += 1
+                        if not self._sent.is_set():
+                            self._sent.set()
+                except KafkaTimeoutError:  # nothing was appended: offer the rest again
+                    self._put_back(batches[sent:])
                 except KafkaError as exc:
-                    queue.appendleft(record)
+                    self._put_back(batches[sent:])
                     await self._recover(exc)
-                    continue
-                inflight.append((future, record))
-            self._sent.set()
+
+    def _take(self, producer: AIOKafkaProducer) -> list[_Batch]:
+        """Up to DRAIN_RECORDS records off the FIFO, packed into batches in FIFO order."""
+        queue = self._queue
+        open_: dict[tuple[str, int], _Batch] = {}
+        batches: list[_Batch] = []
+        n = min(len(queue), DRAIN_RECORDS)
+        self._taken += n
+        for _ in range(n):
+            record = queue.popleft()
+            tp = (record.topic, record.partition)
+            batch = open_.get(tp)
+            if (
+                batch is None
+                or batch[2].append(timestamp=None, key=record.key, value=record.value) is None
+            ):
+                builder = producer.create_batch()
+                builder.append(timestamp=None, key=record.key, value=record.value)
+                batch = open_[tp] = (record.topic, record.partition, builder, [record])
+                batches.append(batch)
+            else:
+                batch[3].append(record)
+        for batch in batches:
+            batch[2].close()  # closed: aiokafka sends it without lingering
+        return batches
+
+    def _put_back(self, batches: list[_Batch]) -> None:
+        """Unsent batches' records back to the front of the FIFO (per-partition order kept)."""
+        records = [record for batch in batches for record in batch[3]]
+        self._queue.extendleft(reversed(records))
+        self._taken -= len(records)
+
+    def _wake_ack(self, _future: asyncio.Future[Any]) -> None:
+        if not self._acked.is_set():
+            self._acked.set()
 
     async def _ack(self) -> None:
         inflight = self._inflight
@@ -173,27 +236,29 @@ class Publisher:
         while True:
             if not inflight:
                 self._gauges()
-                if not self._queue:
+                if not self._queue and not self._taken:
                     self._empty.set()
                 self._sent.clear()
                 await self._sent.wait()
                 continue
-            future, _ = inflight[0]
+            future = inflight[0][0]
             if not future.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(future), 1.0)
+                self._acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acked.wait(), 1.0)
                 continue
             now = self._loop.time()
             while inflight and inflight[0][0].done():
-                future, record = inflight[0]
+                future, records = inflight[0]
                 if future.cancelled() or future.exception() is not None:
                     break
                 inflight.popleft()
-                self._release(record, now)
-                counter = published.get(record.topic)
+                self._release(records, now)
+                topic = records[0].topic
+                counter = published.get(topic)
                 if counter is None:
-                    counter = published[record.topic] = self._metrics.published.labels(record.topic)
-                counter.inc()
+                    counter = published[topic] = self._metrics.published.labels(topic)
+                counter.inc(len(records))
             else:
                 if not self.room.is_set() and (
                     self.records < self.max_records and self.bytes < self.max_bytes
@@ -215,7 +280,7 @@ class Publisher:
         """
         log.error("producer failed; re-sending unacknowledged records", error=repr(exc))
         old, self._producer = self._producer, None
-        pending = [record for _, record in self._inflight]
+        pending = [record for _, records in self._inflight for record in records]
         self._inflight.clear()
         if old is not None:
             with contextlib.suppress(KafkaError):

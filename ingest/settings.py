@@ -93,7 +93,11 @@ class CollectorSettings(UpstreamSettings):
         json_schema_extra=_flag("--buffer-records"),
     )
     collector_linger_ms: int = Field(
-        5, ge=0, description="Producer linger.ms.", json_schema_extra=_flag("--linger-ms")
+        5,
+        ge=0,
+        description="Linger (linger.ms): when idle, wait this long after a record before "
+        "packing a batch.",
+        json_schema_extra=_flag("--linger-ms"),
     )
     collector_max_batch_bytes: int = Field(
         256 * 1024,
