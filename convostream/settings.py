@@ -44,10 +44,22 @@ class CommonSettings(BaseSettings):
         None,
         description="Confluent-compatible Schema Registry URL; unset: ids pinned in schemas/.",
     )
+    group_session_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        description="Consumer-group session timeout (ms): how soon a dead member's partitions "
+        "move. Kafka refuses values below its group.min.session.timeout.ms (6000 by default); "
+        "the embedded broker joins in half a session, so the demo and tests use 2000.",
+    )
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
     log_format: str = Field(
         "auto", description="Log format: json, console, or auto (console on a TTY)."
     )
+
+
+    def group_heartbeat_ms(self) -> int:
+        """Heartbeats a few times per session, so one late beat never evicts a member."""
+        return max(100, self.group_session_timeout_ms // 4)
 
 
 class UpstreamSettings(CommonSettings):

@@ -118,7 +118,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             max_frame_bytes=s.collector_max_frame_bytes,
             echo_window=s.collector_replay_echo_ms / 1000.0,
         )
-        session = s.collector_session_timeout_ms
+        session = s.group_session_timeout_ms
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.collector_group_id,
@@ -126,7 +126,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=session,
-            heartbeat_interval_ms=max(100, session // 6),
+            heartbeat_interval_ms=s.group_heartbeat_ms(),
             rebalance_timeout_ms=int(HANDOVER_TIMEOUT * 1000) + session,
         )
         consumer.subscribe([self.topic], listener=self)

@@ -120,12 +120,6 @@ class CollectorSettings(UpstreamSettings):
         description="Consumer group that shares the conversations among collectors.",
         json_schema_extra=_flag("--group-id"),
     )
-    collector_session_timeout_ms: int = Field(
-        3000,
-        ge=1000,
-        description="Group session timeout: a dead collector's conversations move after it.",
-        json_schema_extra=_flag("--session-timeout-ms"),
-    )
     metrics_port: int = Field(
         0,
         ge=0,

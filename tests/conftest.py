@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# Every consumer group in the suite runs on the embedded Tansu broker, which holds a join for half
+# a session timeout: a short session makes workers ready in seconds (see README, embedded broker).
+os.environ.setdefault("CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS", "2000")
 
 from convostream.broker import EmbeddedBroker
 

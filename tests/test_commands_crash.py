@@ -37,7 +37,7 @@ def worker_env(bootstrap: str, prefix: str, sim_url: str, policy: Path) -> dict[
         "CONVOSTREAM_COMMANDS_POLICY_FILE": str(policy),
         "CONVOSTREAM_COMMANDS_KEYS": json.dumps(KEYS),
         "CONVOSTREAM_COMMANDS_GROUP_ID": f"{prefix}workers",
-        "CONVOSTREAM_COMMANDS_SESSION_TIMEOUT": "6",
+        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",
         "CONVOSTREAM_LOG_FORMAT": "json",
     }
 

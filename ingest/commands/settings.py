@@ -57,13 +57,6 @@ class CommandWorkerSettings(UpstreamSettings):
         description="This worker's id in results and logs (unset: hostname-pid).",
         json_schema_extra=_flag("--worker-id"),
     )
-    commands_session_timeout: float = Field(
-        10.0,
-        ge=1,
-        description="Consumer group session timeout in seconds: how soon a dead worker's "
-        "partitions move to the others.",
-        json_schema_extra=_flag("--session-timeout"),
-    )
     commands_fetch_wait_ms: int = Field(
         10,
         ge=1,

@@ -142,8 +142,8 @@ class CommandWorker:
             auto_offset_reset="earliest",
             client_id=self.worker_id,
             fetch_max_wait_ms=self.settings.commands_fetch_wait_ms,
-            session_timeout_ms=int(self.settings.commands_session_timeout * 1000),
-            heartbeat_interval_ms=max(100, int(self.settings.commands_session_timeout * 1000 / 4)),
+            session_timeout_ms=self.settings.group_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.group_heartbeat_ms(),
         )
         await self._producer.start()
         try:
