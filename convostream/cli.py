@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Sign and send one command, wait for its result.",
     ),
     "collect": ("ingest.cli:collect", "Discover live conversations and monitor them into Kafka."),
+    "process": (
+        "processors.cli:process",
+        "Compute conversation metrics and agent windows; write SQL and metrics topics.",
+    ),
 }
 
 

@@ -56,7 +56,6 @@ class CommonSettings(BaseSettings):
         "auto", description="Log format: json, console, or auto (console on a TTY)."
     )
 
-
     def group_heartbeat_ms(self) -> int:
         """Heartbeats a few times per session, so one late beat never evicts a member."""
         return max(100, self.group_session_timeout_ms // 4)

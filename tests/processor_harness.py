@@ -1,0 +1,193 @@
+"""Helpers for the processors' integration tests.
+
+``expected_rows`` is the independent computation of DESIGN.md §3 the tests compare the SQL store
+with: written from the definitions, on decoded topic records, sharing no code with processors/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from convostream.broker import free_port
+
+SQL_COLUMNS = (
+    "conversation_id",
+    "agent_id",
+    "status",
+    "events_total",
+    "events_by_type",
+    "user_turns",
+    "agent_turns",
+    "interruptions",
+    "corrections",
+    "tool_calls",
+    "tool_errors",
+    "latency_pairs",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "first_received_at",
+    "last_received_at",
+)
+
+
+@dataclass
+class ProcessorProcess:
+    """``python -m convostream process`` with its log in a file."""
+
+    env: dict[str, str]
+    log_dir: Path
+    name: str = "processor"
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        path = self.log_dir / f"{self.name}-{len(self.logs)}.log"
+        self.logs.append(path)
+        with path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "convostream", "process"],
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+def processor_env(
+    bootstrap: str, prefix: str, database_url: str, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    return {
+        "CONVOSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "CONVOSTREAM_TOPIC_PREFIX": prefix,
+        "CONVOSTREAM_DATABASE_URL": database_url,
+        "CONVOSTREAM_PROCESSOR_DATA_DIR": str(data_dir),
+        "CONVOSTREAM_PROCESSOR_WEB_PORT": str(free_port()),
+        "CONVOSTREAM_PROCESSOR_IDLE_SECONDS": "2",
+        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",  # embedded broker: join in ~1 s
+        "CONVOSTREAM_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def _nearest_rank(values: list[int], p: int) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[math.ceil(p / 100 * len(ordered)) - 1] / 1000.0
+
+
+def expected_rows(
+    events: list[dict[str, Any]], lifecycle: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per conversation, the SQL row that DESIGN.md §3 defines (timestamps in µs)."""
+    first_copy: dict[tuple[str, str], dict[str, Any]] = {}
+    earliest: dict[tuple[str, str], int] = {}
+    for ev in events:
+        ident = (ev["conversation_id"], ev["event_key"])
+        first_copy.setdefault(ident, ev)
+        earliest[ident] = min(earliest.get(ident, ev["received_at"]), ev["received_at"])
+    per_conv: dict[str, list[tuple[dict[str, Any], int]]] = defaultdict(list)
+    for ident, ev in first_copy.items():
+        per_conv[ident[0]].append((ev, earliest[ident]))
+    ended = {r["conversation_id"] for r in lifecycle if r["state"] == "ended"}
+    rows = {}
+    for cid, items in per_conv.items():
+        by_type: dict[str, int] = defaultdict(int)
+        for ev, _ in items:
+            by_type[ev["type"]] += 1
+        tools = [ev for ev, _ in items if ev["type"] == "agent_tool_response"]
+        users = [
+            (ev["upstream_event_id"], at)
+            for ev, at in items
+            if ev["type"] == "user_transcript" and ev["upstream_event_id"] is not None
+        ]
+        answers = sorted(
+            (ev["upstream_event_id"], at)
+            for ev, at in items
+            if ev["type"] == "agent_response" and ev["upstream_event_id"] is not None
+        )
+        latencies = []
+        for uid, u_at in users:
+            later = [(aid, a_at) for aid, a_at in answers if aid > uid]
+            if later:
+                latencies.append(max(0, later[0][1] - u_at))  # smallest id, then earliest copy
+        agents = sorted({ev["agent_id"] for ev, _ in items if ev["agent_id"] is not None})
+        end_call = any(ev["payload"][1].get("tool_name") == "end_call" for ev in tools)
+        rows[cid] = {
+            "conversation_id": cid,
+            "agent_id": agents[0] if agents else None,
+            "status": "ended" if end_call or cid in ended else "active",
+            "events_total": len(items),
+            "events_by_type": dict(by_type),
+            "user_turns": by_type.get("user_transcript", 0),
+            "agent_turns": by_type.get("agent_response", 0),
+            "interruptions": by_type.get("interruption", 0),
+            "corrections": by_type.get("agent_response_correction", 0),
+            "tool_calls": len(tools),
+            "tool_errors": sum(1 for ev in tools if ev["payload"][1].get("is_error")),
+            "latency_pairs": len(latencies),
+            "latency_p50_ms": _nearest_rank(latencies, 50),
+            "latency_p95_ms": _nearest_rank(latencies, 95),
+            "first_received_at": min(at for _, at in items),
+            "last_received_at": max(at for _, at in items),
+        }
+    return rows
+
+
+def _iso_to_micros(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def sqlite_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """``conversation_metrics`` rows from SQLite, normalised like :func:`expected_rows`."""
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(path)
+    try:
+        cur = conn.execute(f"SELECT {', '.join(SQL_COLUMNS)} FROM conversation_metrics")  # noqa: S608
+        out = {}
+        for values in cur.fetchall():
+            row = dict(zip(SQL_COLUMNS, values, strict=True))
+            row["events_by_type"] = json.loads(row["events_by_type"])
+            row["first_received_at"] = _iso_to_micros(row["first_received_at"])
+            row["last_received_at"] = _iso_to_micros(row["last_received_at"])
+            out[row["conversation_id"]] = row
+        return out
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    finally:
+        conn.close()
