@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import click
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
 from convostream import runtime
@@ -55,26 +58,60 @@ class DemoSettings(CommonSettings):
     )
 
 
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of one demo run, chosen free at start."""
+
+    broker: int
+    simulator: int
+    collector_metrics: int
+    processor_metrics: int
+    processor_web: int
+    commands_metrics: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        return cls(*(free_port() for _ in fields(cls)))
+
+
+ISSUER = "demo"
+
+
+def write_command_credentials(run: Path) -> tuple[Path, Path, str]:
+    """A policy allowing the demo issuer everything, and its key in a file only we can read."""
+    policy = run / "policy.json"
+    policy.write_text(
+        json.dumps({"issuers": {ISSUER: {"commands": ["*"], "phone_numbers": ["+*"]}}}, indent=2)
+    )
+    key = secrets.token_urlsafe(32)
+    key_file = run / "issuer.key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+    return policy, key_file, key
+
+
 def components(
-    settings: DemoSettings, broker_port: int, sim_port: int, key: str
+    settings: DemoSettings, ports: Ports, api_key: str, policy: Path, issuer_key: str
 ) -> list[Component]:
     """The pipeline in start order; the demo stops them in reverse."""
     run = settings.demo_dir
     shared = {
-        "CONVOSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
-        "CONVOSTREAM_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}",
-        "CONVOSTREAM_API_KEY": key,
+        "CONVOSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.broker}",
+        "CONVOSTREAM_UPSTREAM_URL": f"http://127.0.0.1:{ports.simulator}",
+        "CONVOSTREAM_API_KEY": api_key,
         "CONVOSTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "CONVOSTREAM_LOG_LEVEL": settings.log_level,
+        # the embedded broker holds a group join for half a session: keep it short here
+        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",
     }
     return [
-        Component("broker", ["broker", "--port", str(broker_port)], shared),
+        Component("broker", ["broker", "--port", str(ports.broker)], shared),
         Component(
             "simulator",
             [
                 "simulate",
                 "--port",
-                str(sim_port),
+                str(ports.simulator),
                 "--conversations",
                 str(settings.demo_conversations),
                 "--events-per-second",
@@ -88,9 +125,52 @@ def components(
                 "--commands-log",
                 str(run / "commands.jsonl"),
             ],
-            {**shared, "CONVOSTREAM_SIM_API_KEY": key},
+            {**shared, "CONVOSTREAM_SIM_API_KEY": api_key},
+        ),
+        Component(
+            "collector",
+            ["collect"],
+            {**shared, "CONVOSTREAM_METRICS_PORT": str(ports.collector_metrics)},
+        ),
+        Component(
+            "processor",
+            ["process"],
+            {
+                **shared,
+                "CONVOSTREAM_METRICS_PORT": str(ports.processor_metrics),
+                "CONVOSTREAM_DATABASE_URL": f"sqlite:///{run / 'convostream.db'}",
+                "CONVOSTREAM_PROCESSOR_DATA_DIR": str(run / "processors"),
+                "CONVOSTREAM_PROCESSOR_WEB_PORT": str(ports.processor_web),
+            },
+        ),
+        Component(
+            "command-worker",
+            ["command-worker", "--policy-file", str(policy)],
+            {
+                **shared,
+                "CONVOSTREAM_METRICS_PORT": str(ports.commands_metrics),
+                "CONVOSTREAM_COMMANDS_KEYS": json.dumps({ISSUER: issuer_key}),
+            },
         ),
     ]
+
+
+async def _metrics(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """Sum of every sample of each metric family of one /metrics endpoint (labels folded)."""
+    try:
+        async with session.get(
+            f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=2)
+        ) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_bucket", "_created", "_sum")):
+                continue
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 async def _http_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -104,48 +184,90 @@ async def _http_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]
     return None
 
 
-# simulator status field -> label on the status line
-SIM_FIELDS = {
-    "live": "live",
-    "ended": "ended",
-    "frames_generated": "frames",
-    "sockets_open": "sockets",
-    "drops": "drops",
-    "commands_received": "commands",
-}
+# (label, metric) shown on the status line for each component's /metrics
+COLLECTOR_FIELDS = (
+    ("sockets", "convostream_collector_live_sockets"),
+    ("frames", "convostream_collector_frames_total"),
+    ("reconnects", "convostream_collector_reconnects_total"),
+    ("dlq", "convostream_collector_dlq_records_total"),
+    ("buffer", "convostream_collector_buffer_fill_ratio"),
+)
+PROCESSOR_FIELDS = (
+    ("live", "convostream_live_conversations"),
+    ("events", "convostream_events_total"),
+    ("late", "convostream_late_events_total"),
+)
+COMMAND_FIELDS = (("commands", "convostream_commands_total"),)
 
 
-def _status_line(elapsed: float, sim: dict[str, Any] | None) -> str:
-    parts = [f"{elapsed:5.0f}s"]
-    if sim is None:
-        parts.append("simulator: starting")
-    else:
-        parts.append(
-            "upstream: "
-            + " ".join(f"{label}={sim.get(key, '?')}" for key, label in SIM_FIELDS.items())
-        )
-    return "  ".join(parts)
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
+
+
+def _status_line(
+    elapsed: float,
+    sim: dict[str, Any] | None,
+    collector: dict[str, float],
+    processor: dict[str, float],
+    commands: dict[str, float],
+) -> str:
+    upstream = "starting" if sim is None else f"live={sim.get('live')} ended={sim.get('ended')}"
+    parts = [f"{elapsed:5.0f}s", f"upstream {upstream}"]
+    for name, values, wanted in (
+        ("collector", collector, COLLECTOR_FIELDS),
+        ("processor", processor, PROCESSOR_FIELDS),
+        ("commands", commands, COMMAND_FIELDS),
+    ):
+        missing = 0.0 if values else None  # reachable but nothing counted yet: zero
+        shown = " ".join(f"{label}={_fmt(values.get(metric, missing))}" for label, metric in wanted)
+        parts.append(f"{name} {shown}")
+    return " | ".join(parts)
+
+
+def _where_to_look(settings: DemoSettings, ports: Ports, key_file: Path) -> str:
+    run = settings.demo_dir
+    bootstrap = f"CONVOSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{ports.broker}"
+    return "\n".join(
+        [
+            "Where to look next (while the demo runs, in another terminal):",
+            f"  events:    {bootstrap} convostream tail convai.monitor.events",
+            f"  metrics:   {bootstrap} convostream tail convai.metrics.conversations",
+            f"  SQL:       sqlite3 {run / 'convostream.db'} "  # noqa: S608 - a shell hint
+            "'SELECT * FROM conversation_metrics'",
+            f"  lookup:    curl http://127.0.0.1:{ports.processor_web}/conversations/<id>",
+            f"  command:   {bootstrap} convostream send-command end_call --conversation <id> "
+            f"--issuer {ISSUER} --key-file {key_file}",
+            f"  Prometheus: http://127.0.0.1:{ports.collector_metrics}/metrics (collector), "
+            f":{ports.processor_metrics} (processor), :{ports.commands_metrics} (commands)",
+            f"  logs:      {run}/*.log",
+        ]
+    )
 
 
 async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
-    settings.demo_dir.mkdir(parents=True, exist_ok=True)
-    broker_port, sim_port = free_port(), free_port()
-    key = secrets.token_urlsafe(24)
-    procs = components(settings, broker_port, sim_port, key)
+    run = settings.demo_dir
+    run.mkdir(parents=True, exist_ok=True)
+    ports = Ports.pick()
+    api_key = secrets.token_urlsafe(24)
+    policy, key_file, issuer_key = write_command_credentials(run)
+    procs = components(settings, ports, api_key, policy, issuer_key)
     tty = sys.stdout.isatty()
     started = time.monotonic()
     failed: Component | None = None
     try:
         for comp in procs:
-            await comp.start(settings.demo_dir)
+            await comp.start(run)
             log.info("started", component=comp.name, log=str(comp.log_path))
             if comp.name == "broker":  # everything after it needs the topics
-                await wait_until_ready(f"127.0.0.1:{broker_port}", timeout=60)
-                await create_topics(f"127.0.0.1:{broker_port}", prefix=settings.topic_prefix)
+                await wait_until_ready(f"127.0.0.1:{ports.broker}", timeout=60)
+                await create_topics(f"127.0.0.1:{ports.broker}", prefix=settings.topic_prefix)
         click.echo(
-            f"convostream demo: broker 127.0.0.1:{broker_port}, simulator "
-            f"http://127.0.0.1:{sim_port}, logs in {settings.demo_dir}/ (Ctrl-C stops)"
+            f"convostream demo: broker 127.0.0.1:{ports.broker}, simulator "
+            f"http://127.0.0.1:{ports.simulator}, logs in {run}/ (Ctrl-C stops)"
         )
+        click.echo(_where_to_look(settings, ports, key_file))
         async with aiohttp.ClientSession() as session:
             last_print = 0.0
             while not stop.is_set():
@@ -155,8 +277,13 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
                 elapsed = time.monotonic() - started
                 if settings.demo_run_for and elapsed >= settings.demo_run_for:
                     break
-                sim = await _http_json(session, f"http://127.0.0.1:{sim_port}/_sim/status")
-                line = _status_line(elapsed, sim)
+                sim, collector, processor, commands = await asyncio.gather(
+                    _http_json(session, f"http://127.0.0.1:{ports.simulator}/_sim/status"),
+                    _metrics(session, ports.collector_metrics),
+                    _metrics(session, ports.processor_metrics),
+                    _metrics(session, ports.commands_metrics),
+                )
+                line = _status_line(elapsed, sim, collector, processor, commands)
                 if tty:
                     click.echo("\r\x1b[2K" + line, nl=False)
                 elif elapsed - last_print >= 5:
@@ -176,10 +303,7 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
             err=True,
         )
         return 1
-    click.echo(
-        "Next: `convostream tail convai.monitor.events` against a running pipeline, "
-        f"component logs in {settings.demo_dir}/."
-    )
+    click.echo(f"Stopped. Logs, SQLite store and simulator files are in {run}/.")
     return 0
 
 
