@@ -17,8 +17,9 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pytest
 from pydantic_settings import BaseSettings
+
+from tests.needs import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -70,7 +71,7 @@ def prometheus_binaries() -> tuple[Path, Path]:
     if prometheus.is_file() and promtool.is_file():
         return prometheus, promtool
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        pytest.skip("prometheus needs apt-get and dpkg-deb (Debian) to be fetched")
+        missing_tool("prometheus needs apt-get and dpkg-deb (Debian) to be fetched")
     debs = CACHE / "prometheus"
     debs.mkdir(parents=True, exist_ok=True)
     if not list(debs.glob("prometheus_*.deb")):

@@ -14,6 +14,7 @@ import pytest
 
 from convostream.broker import free_port
 from processors.sink import SCHEMA_VERSION, Sink, open_sink
+from tests.needs import missing_tool
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -67,9 +68,11 @@ def _pg_run(*args: str) -> None:
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port, owned by user postgres."""
     if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN} (apt-get install postgresql-15)")
+        missing_tool(
+            f"PostgreSQL 15 binaries not found in {PG_BIN} (apt-get install postgresql-15)"
+        )
     if os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("starting PostgreSQL as user postgres needs root and runuser")
+        missing_tool("starting PostgreSQL as user postgres needs root and runuser")
     base = Path(tempfile.mkdtemp(prefix="convostream-pg-"))
     data = base / "data"
     shutil.chown(base, "postgres", "postgres")
