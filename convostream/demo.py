@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -50,6 +51,13 @@ class DemoSettings(CommonSettings):
         ge=0,
         description="Stop by itself after this many seconds (0: run until Ctrl-C).",
         json_schema_extra={"flag": "--run-for"},
+    )
+    demo_steer_every: float = Field(
+        15.0,
+        ge=0,
+        description="Send a contextual_update command to a live conversation this often, "
+        "through send-command (0: never).",
+        json_schema_extra={"flag": "--steer-every"},
     )
     demo_dir: Path = Field(
         Path("var/demo"),
@@ -124,6 +132,10 @@ def components(
                 str(run / "ground-truth.jsonl"),
                 "--commands-log",
                 str(run / "commands.jsonl"),
+                "--reorder-ms",
+                "200",
+                "--disconnect-every",
+                "20",
             ],
             {**shared, "CONVOSTREAM_SIM_API_KEY": api_key},
         ),
@@ -185,9 +197,10 @@ async def _http_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]
 
 
 # (label, metric) shown on the status line for each component's /metrics
+FRAMES = "convostream_collector_frames_total"
 COLLECTOR_FIELDS = (
     ("sockets", "convostream_collector_live_sockets"),
-    ("frames", "convostream_collector_frames_total"),
+    ("frames", FRAMES),
     ("reconnects", "convostream_collector_reconnects_total"),
     ("dlq", "convostream_collector_dlq_records_total"),
     ("buffer", "convostream_collector_buffer_fill_ratio"),
@@ -212,9 +225,11 @@ def _status_line(
     collector: dict[str, float],
     processor: dict[str, float],
     commands: dict[str, float],
+    frames_per_s: float | None,
 ) -> str:
     upstream = "starting" if sim is None else f"live={sim.get('live')} ended={sim.get('ended')}"
-    parts = [f"{elapsed:5.0f}s", f"upstream {upstream}"]
+    rate = "-" if frames_per_s is None else f"{frames_per_s:.0f}"
+    parts = [f"{elapsed:5.0f}s", f"upstream {upstream}", f"frames/s {rate}"]
     for name, values, wanted in (
         ("collector", collector, COLLECTOR_FIELDS),
         ("processor", processor, PROCESSOR_FIELDS),
@@ -246,6 +261,47 @@ def _where_to_look(settings: DemoSettings, ports: Ports, key_file: Path) -> str:
     )
 
 
+async def _steer(
+    session: aiohttp.ClientSession, ports: Ports, api_key: str, key_file: Path, run: Path
+) -> None:
+    """Send one signed command to a live conversation, as another service would."""
+    url = f"http://127.0.0.1:{ports.simulator}/v1/convai/conversations"
+    params = [("page_size", "1")] + [
+        ("exclude_statuses", s) for s in ("done", "failed", "processing", "initiated")
+    ]
+    try:
+        async with session.get(url, params=params, headers={"xi-api-key": api_key}) as resp:
+            listed = (await resp.json()).get("conversations") or []
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return
+    if not listed:
+        return
+    with (run / "send-command.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "convostream",
+            "send-command",
+            "contextual_update",
+            "--conversation",
+            listed[0]["conversation_id"],
+            "--text",
+            "The caller is a premium customer.",
+            "--issuer",
+            ISSUER,
+            "--key-file",
+            str(key_file),
+            stdout=out,
+            stderr=out,
+            env={
+                **os.environ,
+                "CONVOSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.broker}",
+                "CONVOSTREAM_LOG_FORMAT": "json",
+            },
+        )
+        await proc.wait()
+
+
 async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
     run = settings.demo_dir
     run.mkdir(parents=True, exist_ok=True)
@@ -270,6 +326,9 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
         click.echo(_where_to_look(settings, ports, key_file))
         async with aiohttp.ClientSession() as session:
             last_print = 0.0
+            last_frames: tuple[float, float] | None = None  # (elapsed, frames) of the last poll
+            steering: asyncio.Task[None] | None = None
+            last_steer = 0.0
             while not stop.is_set():
                 failed = next((c for c in procs if c.exited is not None), None)
                 if failed is not None:
@@ -283,7 +342,22 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
                     _metrics(session, ports.processor_metrics),
                     _metrics(session, ports.commands_metrics),
                 )
-                line = _status_line(elapsed, sim, collector, processor, commands)
+                frames_per_s = None
+                if FRAMES in collector and last_frames is not None:
+                    frames_per_s = (collector[FRAMES] - last_frames[1]) / max(
+                        1e-3, elapsed - last_frames[0]
+                    )
+                if FRAMES in collector:
+                    last_frames = (elapsed, collector[FRAMES])
+                line = _status_line(elapsed, sim, collector, processor, commands, frames_per_s)
+                every = settings.demo_steer_every
+                if (
+                    every
+                    and elapsed - last_steer >= every
+                    and (steering is None or steering.done())
+                ):
+                    last_steer = elapsed
+                    steering = asyncio.create_task(_steer(session, ports, api_key, key_file, run))
                 if tty:
                     click.echo("\r\x1b[2K" + line, nl=False)
                 elif elapsed - last_print >= 5:

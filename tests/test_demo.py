@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -36,15 +37,35 @@ def _stopped_components(stderr: str) -> dict[str, int]:
     return out
 
 
-def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
-    proc = _demo(tmp_path, "--run-for", "6", "--conversations", "5", "--events-per-second", "10")
-    stdout, stderr = proc.communicate(timeout=120)
+def test_demo_runs_the_whole_pipeline_and_stops_by_itself(tmp_path: Path) -> None:
+    proc = _demo(
+        tmp_path,
+        "--run-for",
+        "20",
+        "--conversations",
+        "5",
+        "--events-per-second",
+        "10",
+        "--steer-every",
+        "5",
+    )
+    stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
     assert "convostream demo: broker 127.0.0.1:" in stdout
     assert _stopped_components(stderr) == dict.fromkeys(COMPONENTS, 0)
     lines = (tmp_path / "ground-truth.jsonl").read_text().splitlines()
     assert lines, "the simulator generated no frames"
-    assert json.loads(lines[0])["frame"]
+    with sqlite3.connect(tmp_path / "convostream.db") as db:
+        rows = db.execute("SELECT COUNT(*), SUM(events_total) FROM conversation_metrics").fetchone()
+    assert rows[0] > 0, "the processors wrote no metrics"
+    assert rows[1] > 0
+    results = [
+        json.loads(line)
+        for line in (tmp_path / "send-command.log").read_text().splitlines()
+        if line.startswith('{"command_id"')
+    ]
+    assert results, "no command was sent"
+    assert all(r["status"] == "delivered" for r in results), results
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
