@@ -7,11 +7,15 @@ and stream per message) costs more than all of the metric work, so the hot topic
    conversation) are subscribed through Faust's conductor, but :meth:`Processor._drain` takes the
    place of the consumer's fetch loop: it hands each ``getmany`` batch of those topics to the
    conversation stage whole and acks the messages afterwards (other topics go through Faust's
-   normal per-message path). Per batch it decodes the raw Avro bytes, folds them into
-   each conversation's order-independent state (:mod:`processors.conversation`), forwards the
-   first-seen events to the agent-keyed internal topic (one record per agent and batch), writes
-   each touched state once to the ``conversations`` table (changelogged), then upserts the
-   touched rows into SQL and emits them to the compacted ``convai.metrics.conversations``.
+   normal per-message path). Per batch it reads the needed fields of the raw Avro bytes
+   (:class:`processors.events.HeadReader`; a full decode only for tool responses and other
+   records), folds them into each conversation's order-independent state
+   (:mod:`processors.conversation`), then, in one producer round trip with the SQL upsert
+   running alongside, forwards the first-seen events to the agent-keyed internal topic (one
+   record per agent and batch) and emits the touched rows to the compacted
+   ``convai.metrics.conversations``; only then does it write each touched state once to the
+   ``conversations`` table (changelogged). The fetch wait is shortened (see
+   :meth:`Processor._shorten_fetch_wait`): it, not the work, set the SQL latency tail.
 2. the ``agent-windows`` agent (an ordinary Faust agent with ``take_events``: its topic carries
    one record per agent and batch) reads that internal topic into per-agent window state
    (:mod:`processors.windows`), routes late events to ``convai.events.late``, and emits final
@@ -44,7 +48,13 @@ from mode import Service
 from convostream.logs import get_logger
 from processors import forward
 from processors.conversation import ConversationState
-from processors.events import CORRECTION, INTERRUPTION, TOOL_RESPONSE, from_record
+from processors.events import (
+    CORRECTION,
+    INTERRUPTION,
+    TOOL_RESPONSE,
+    HeadReader,
+    from_record,
+)
 from processors.metrics import Metrics
 from processors.settings import ProcessorSettings
 from processors.sink import Sink
@@ -151,6 +161,7 @@ class Processor:
         self.settings = settings
         self.metrics = metrics
         self.serde = Serde()
+        self._head = HeadReader(self.serde.registry.writer_id("MonitorEvent"))
         self.window_config = WindowConfig.seconds(
             settings.processor_window_seconds,
             settings.processor_grace_seconds,
@@ -222,11 +233,20 @@ class Processor:
     # --- stage 1: conversations --------------------------------------------------------------
 
     async def _drain(self, fetcher: Any) -> None:
-        """Replaces ``Consumer._drain_messages``: source topics in batches, the rest as usual."""
+        """Replaces ``Consumer._drain_messages``: source topics in batches, the rest as usual.
+
+        Kept from Faust's loop: messages before the read offset (re-fetched after a seek) are
+        dropped, holes in the offsets (compaction, transaction markers) are recorded as gaps so
+        commits can pass them, and batch messages are tracked as unacked, so a rebalance or a
+        shutdown (``Consumer.wait_empty``) waits until the batch in flight is written and acked
+        (tracking its last message is enough for that, and costs one WeakSet entry per batch).
+        """
         consumer: Any = self.app.consumer  # Consumer internals, not on the ConsumerT interface
         read_offsets = consumer._read_offset
+        unacked = consumer._unacked_messages
         stopped = consumer._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
+        self._shorten_fetch_wait(consumer)
         await self.sink_service.ready.wait()
         try:
             while not (stopped() or fetcher_stopped()):
@@ -234,8 +254,11 @@ class Processor:
                 batch = []
                 async for tp, message in consumer.getmany(timeout=1.0):
                     offset = read_offsets[tp]
-                    if offset is not None and message.offset < offset:
-                        continue  # re-fetched after a seek: already handed on
+                    if offset is not None:
+                        if message.offset < offset:
+                            continue  # re-fetched after a seek: already handed on
+                        if message.offset - offset > 1:
+                            await consumer._add_gap(tp, offset + 1, message.offset)
                     read_offsets[tp] = message.offset
                     if tp.topic in self._source_names:
                         batch.append(message)
@@ -243,15 +266,36 @@ class Processor:
                         await consumer.callback(message)
                 if batch:
                     started = time.perf_counter()
-                    await self._conversation_batch(batch)
+                    last = batch[-1]  # one tracked message keeps wait_empty waiting
+                    unacked.add(last)
+                    try:
+                        await self._conversation_batch(batch)
+                    except BaseException:  # stopped or failed: replayed from the last commit
+                        unacked.discard(last)
+                        raise
+                    ack = consumer.ack
                     for message in batch:
-                        consumer.ack(message)
+                        ack(message)
                     self.metrics.batch_seconds.labels("conversations").observe(
                         time.perf_counter() - started
                     )
         except consumer.consumer_stopped_errors:
             if not self.app.should_stop:
                 raise
+
+    def _shorten_fetch_wait(self, consumer: Any) -> None:
+        """Bound the long poll (Faust fixes ``fetch_max_wait_ms`` at 1,500).
+
+        Measured (bench/process.py, per-batch trace): with the embedded broker a poll that
+        finds no new data is answered only at its deadline, so at 5,000 events/s every second
+        or so the fetcher sat 0.3-0.6 s on an empty poll while events piled up, which set the
+        SQL latency tail. aiokafka reads the value per fetch request.
+        """
+        try:
+            fetcher = consumer._thread._consumer._fetcher
+            fetcher._fetch_max_wait_ms = self.settings.processor_fetch_wait_ms
+        except AttributeError:  # another transport, or not started: Faust's wait stays
+            log.warning("could not shorten the consumer's fetch wait")
 
     def _conversation(self, cid: str, event: Any) -> _Conversation:
         entry = self._conv_cache.get(cid)
@@ -272,16 +316,25 @@ class Processor:
         forwards: dict[tuple[str, int], list[forward.Forwarded]] = defaultdict(list)
         new_by_type: dict[str, int] = defaultdict(int)
         agent_counts: dict[tuple[str, str], int] = defaultdict(int)
+        head = self._head.read
         for message in batch:
+            self._lag[message.tp] = message.offset
             source = _Source(message)
             value = message.value
-            try:
-                name, record, _ = decode(value)
-            except SerdeError as exc:
-                log.warning("undecodable record skipped", topic=message.topic, error=str(exc))
-                continue
-            if name == "MonitorEvent":
-                event = from_record(record)
+            event = head(value)  # most events: their leading fields are enough
+            if event is None:
+                try:
+                    name, record, _ = decode(value)
+                except SerdeError as exc:
+                    log.warning("undecodable record skipped", topic=message.topic, error=str(exc))
+                    continue
+                if name == "MonitorEvent":
+                    event = from_record(record)
+                elif name == "ConversationLifecycle" and record["state"] == "ended":
+                    cid = record["conversation_id"]
+                    entry = touched[cid] = self._conversation(cid, source)
+                    entry.state.end(record["agent_id"])
+            if event is not None:
                 entry = touched[event.conversation_id] = self._conversation(
                     event.conversation_id, source
                 )
@@ -304,27 +357,12 @@ class Processor:
                             value,
                         )
                     )
-            elif name == "ConversationLifecycle" and record["state"] == "ended":
-                cid = record["conversation_id"]
-                entry = touched[cid] = self._conversation(cid, source)
-                entry.state.end(record["agent_id"])
-            self._lag[message.tp] = message.offset
         if not touched:
             return
-        # 1. forward first-seen events, and wait until they are stored: a state written below
-        #    marks them seen, so they would not be forwarded again after a crash.
-        sent = [
-            await self.forward_topic.send(
-                key=agent.encode(), value=forward.encode(agent, part, items)
-            )
-            for (agent, part), items in forwards.items()
-        ]
-        await asyncio.gather(*sent)
-        # 2. one table write per touched conversation
-        for cid, entry in touched.items():
-            with _in_partition_of(entry.event):
-                self.conversations[cid.encode()] = entry.state.to_bytes()
-        # 3. SQL and the compacted metrics topic
+        # 1. outputs, all at once (one producer round trip, SQL alongside): forwarded first-seen
+        #    events, the SQL upserts and the compacted metrics topic. They must be stored before
+        #    the states below, which mark the events seen (a crash in between only re-sends
+        #    and re-upserts the same values: the receivers and the SQL guards are idempotent).
         now = now_micros()
         records = []
         for entry in touched.values():
@@ -333,14 +371,27 @@ class Processor:
             latencies = entry.state.latencies()
             records.append(entry.state.metrics(now, latencies))
             self._observe(entry, latencies)
-        await self.sink_service.sink.write(records, [])
-        sent = [
-            await self.metrics_topic.send(
-                key=r["conversation_id"].encode(), value=self.serde.encode("ConversationMetrics", r)
-            )
-            for r in records
-        ]
-        await asyncio.gather(*sent)
+        sql = asyncio.ensure_future(self.sink_service.sink.write(records, []))
+        try:
+            forward_send, metrics_send = self.forward_topic.send, self.metrics_topic.send
+            sent = [
+                await forward_send(key=agent.encode(), value=forward.encode(agent, part, items))
+                for (agent, part), items in forwards.items()
+            ]
+            encode = self.serde.encode
+            sent += [
+                await metrics_send(
+                    key=r["conversation_id"].encode(), value=encode("ConversationMetrics", r)
+                )
+                for r in records
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await sql
+        # 2. one table write per touched conversation
+        for cid, entry in touched.items():
+            with _in_partition_of(entry.event):
+                self.conversations[cid.encode()] = entry.state.to_bytes()
         self._count(new_by_type, agent_counts)
         self._update_lag()
 

@@ -50,3 +50,10 @@ class ProcessorSettings(CommonSettings):
         description="Longest wait for a batch to fill: metrics are emitted at most this often "
         "per conversation under light load.",
     )
+    processor_fetch_wait_ms: int = Field(
+        10,
+        ge=1,
+        description="Longest a fetch of the source topics waits for data (fetch.max.wait.ms). "
+        "Short because some brokers (the embedded Tansu) answer a long poll only at its "
+        "deadline, which would add it to the latency of every event arriving meanwhile.",
+    )

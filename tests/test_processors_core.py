@@ -192,3 +192,88 @@ def test_idle_close_by_wall_clock() -> None:
     assert state.accept(WindowEvent(0, 1, "c", "ping", 999, False), CFG) is Outcome.LATE
     assert state.windows[0].late == 1
     assert state.advance(10**6, CFG) == []
+
+
+_TYPES = ["user_transcript", "agent_response", "interruption", "agent_tool_response", "ping"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    etype=st.sampled_from(_TYPES),
+    agent=st.one_of(st.none(), st.text(max_size=12)),
+    event_id=st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+    received_at=st.integers(0, 2**62),
+    key=st.text(min_size=1, max_size=40),
+    cut=st.integers(0, 80),
+)
+def test_head_reader_agrees_with_full_decode(
+    etype: str, agent: str | None, event_id: int | None, received_at: int, key: str, cut: int
+) -> None:
+    """The fast path gives the same Event as a full decode, or None (never a wrong one)."""
+    from processors.events import HeadReader, from_record
+    from schemas.payloads import monitor_payload
+    from schemas.serde import Serde
+
+    serde = Serde()
+    if etype == "agent_tool_response":
+        frame = {
+            "type": etype,
+            "agent_tool_response": {
+                "tool_name": "end_call",
+                "tool_call_id": "t",
+                "tool_type": "system",
+                "is_error": True,
+                "is_called": True,
+                "event_id": event_id or 0,
+            },
+        }
+    else:
+        frame = {"type": etype}
+    record = {
+        "event_key": key,
+        "conversation_id": f"c-{key}",
+        "agent_id": agent,
+        "type": etype,
+        "upstream_event_id": event_id,
+        "received_at": received_at,
+        "collector_id": "t",
+        "connection_id": "c",
+        "connection_seq": 1,
+        "replay": False,
+        "raw": "{}",
+        "payload": monitor_payload(etype, frame),
+    }
+    value = serde.encode("MonitorEvent", record)
+    reader = HeadReader(serde.registry.writer_id("MonitorEvent"))
+    head = reader.read(value)
+    full = from_record(serde.decode(value).record)
+    if etype == "agent_tool_response":
+        assert head is None
+    else:
+        assert head == full
+    truncated = reader.read(value[:cut])  # must not raise
+    assert truncated is None or truncated == full
+    assert reader.read(serde.encode("ConversationMetrics", _metrics_record())) is None
+    assert reader.read(None) is None  # a tombstone
+
+
+def _metrics_record() -> dict[str, object]:
+    return {
+        "conversation_id": "c",
+        "agent_id": None,
+        "status": "active",
+        "events_by_type": {},
+        "events_total": 0,
+        "user_turns": 0,
+        "agent_turns": 0,
+        "interruptions": 0,
+        "corrections": 0,
+        "tool_calls": 0,
+        "tool_errors": 0,
+        "latency_pairs": 0,
+        "latency_p50_ms": None,
+        "latency_p95_ms": None,
+        "first_received_at": 0,
+        "last_received_at": 0,
+        "updated_at": 0,
+    }
