@@ -5,64 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.serde import Serde
+from tests.cli_process import CliProcess
 
 SERDE = Serde()
 
 
-@dataclass
-class CollectorProcess:
-    """``python -m convostream collect`` with its log in a file."""
+class CollectorProcess(CliProcess):
+    """``python -m convostream collect`` under a fixed collector id."""
 
-    name: str
-    env: dict[str, str]
-    log_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    def start(self) -> None:
-        path = self.log_dir / f"{self.name}-{len(self.logs)}.log"
-        self.logs.append(path)
-        with path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "convostream", "collect"],
-                env={**os.environ, **self.env, "CONVOSTREAM_COLLECTOR_ID": self.name},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait for the graceful exit."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        super().__init__("collect", {**env, "CONVOSTREAM_COLLECTOR_ID": name}, log_dir, name)
 
 
 def collector_env(

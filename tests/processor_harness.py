@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from convostream.broker import free_port
+from tests.cli_process import CliProcess
 
 SQL_COLUMNS = (
     "conversation_id",
@@ -41,49 +37,11 @@ SQL_COLUMNS = (
 )
 
 
-@dataclass
-class ProcessorProcess:
-    """``python -m convostream process`` with its log in a file."""
+class ProcessorProcess(CliProcess):
+    """``python -m convostream process``; Faust may take a while to flush on SIGTERM."""
 
-    env: dict[str, str]
-    log_dir: Path
-    name: str = "processor"
-    proc: subprocess.Popen[bytes] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    def start(self) -> None:
-        path = self.log_dir / f"{self.name}-{len(self.logs)}.log"
-        self.logs.append(path)
-        with path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "convostream", "process"],
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "processor") -> None:
+        super().__init__("process", env, log_dir, name, stop_timeout=60.0)
 
 
 def processor_env(
