@@ -21,24 +21,13 @@ Choices where the upstream is undocumented:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from schemas.commands import CHAT_ONLY, COMMAND_TYPES, E164
 from simulator.script import ConversationScript, Frame
-
-COMMAND_TYPES = (
-    "end_call",
-    "transfer_to_number",
-    "contextual_update",
-    "enable_human_takeover",
-    "send_human_message",
-    "disable_human_takeover",
-)
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-CHAT_ONLY = {"enable_human_takeover", "send_human_message", "disable_human_takeover"}
 
 
 @dataclass

@@ -18,7 +18,8 @@ from ingest.commands.ledger import Ledger, read_source, source_headers
 from ingest.commands.policy import PolicyError, parse_policy
 from ingest.commands.ratelimit import RateLimiter
 from ingest.commands.signing import canonical_bytes, sign, verify
-from ingest.commands.validate import COMMAND_TYPES, Limits, check_conversation, check_shape
+from ingest.commands.validate import Limits, check_conversation, check_shape
+from schemas.commands import COMMAND_TYPES
 
 NOW = 1_800_000_000_000_000
 KEYS = {"svc": "svc-key", "narrow": "narrow-key"}

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from schemas.commands import COMMAND_TYPES
 from simulator.script import ConversationScript
 from simulator.server import Simulator
 from simulator.testing import API_KEY, monitor, read_all, wait_for
@@ -285,14 +286,7 @@ async def test_commands_are_logged_and_take_effect(simulator_factory: Any, tmp_p
     await sim.stop()
     logged = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
     assert [(r["conversation_id"], r["frame"]) for r in logged] == sent
-    assert {r["command_type"] for r in logged} == {
-        "end_call",
-        "transfer_to_number",
-        "contextual_update",
-        "enable_human_takeover",
-        "send_human_message",
-        "disable_human_takeover",
-    }
+    assert {r["command_type"] for r in logged} == set(COMMAND_TYPES)
     by = {(r["conversation_id"], r["command_type"]): r for r in logged}
     for kind in ("enable_human_takeover", "send_human_message", "disable_human_takeover"):
         assert by[(chat.conversation_id, kind)]["accepted"] is True

@@ -12,8 +12,8 @@ import orjson
 from convostream import runtime
 from convostream.settings import ConfigError, load_settings, settings_options
 from ingest.commands.settings import CommandWorkerSettings, KeysError, SendCommandSettings
-from ingest.commands.validate import COMMAND_TYPES
 from schemas.avro_schemas import micros_to_iso, timestamp_fields
+from schemas.commands import COMMAND_TYPES
 
 EXIT_CODES = {
     "delivered": 0,

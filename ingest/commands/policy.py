@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ingest.commands.validate import COMMAND_TYPES
+from schemas.commands import COMMAND_TYPES
 
 
 class PolicyError(ValueError):

@@ -11,15 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-COMMAND_TYPES: tuple[str, ...] = (
-    "end_call",
-    "transfer_to_number",
-    "contextual_update",
-    "enable_human_takeover",
-    "send_human_message",
-    "disable_human_takeover",
-)
-CHAT_ONLY = frozenset({"enable_human_takeover", "send_human_message", "disable_human_takeover"})
+from schemas.commands import CHAT_ONLY, COMMAND_TYPES, E164
+
 PARAMETER_FIELDS: tuple[str, ...] = ("phone_number", "text", "contextual_update")
 # The record field each command type needs (None: no parameter at all).
 REQUIRED_FIELD: dict[str, str | None] = {
@@ -31,7 +24,6 @@ REQUIRED_FIELD: dict[str, str | None] = {
     "disable_human_takeover": None,
 }
 TEXT_FIELDS = frozenset({"text", "contextual_update"})
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 # Ids end up in a URL path and in logs: a conservative alphabet, bounded length.
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 

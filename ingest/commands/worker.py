@@ -45,8 +45,9 @@ from ingest.commands.pool import ConnectFailed, SocketPool
 from ingest.commands.ratelimit import RateLimiter
 from ingest.commands.settings import CRASH_POINTS, CommandWorkerSettings
 from ingest.commands.upstream import ConversationApi, UpstreamError
-from ingest.commands.validate import CHAT_ONLY, Limits, check_conversation
+from ingest.commands.validate import Limits, check_conversation
 from schemas.avro_schemas import now_micros
+from schemas.commands import CHAT_ONLY
 from schemas.serde import Serde, SerdeError
 from schemas.topics import COMMAND_INTENTS, COMMAND_RESULTS, COMMANDS
 
