@@ -3,23 +3,49 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install bench-install demo test test-tansu test-kafka test-cluster lint typecheck unit bench clean lock
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,rocksdb]"
+	$(BIN)/pip install --quiet -e ".[dev,rocksdb,embedded]"
 	touch $(STAMP)
+
+# The peers of bench/peers.py (Quix Streams) in a venv of their own: see the bench extra.
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
 
 demo: install
 	$(BIN)/convostream demo
 
-# Lint and types first (fast), then the whole suite against real broker and simulator.
-test: install lint
-	$(BIN)/pytest
+# Lint and types first (fast), then the whole suite on the embedded Tansu broker, then every
+# test that touches a broker again on Apache Kafka (needs Java 17+; Maven on the first run).
+# Each suite prints its wall time.
+test: install lint test-tansu test-kafka
+
+test-tansu: install
+	@start=$$(date +%s); $(BIN)/pytest --broker tansu; rc=$$?; \
+	echo "tansu suite: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-kafka: install bench-install
+	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m "not cluster"; rc=$$?; \
+	echo "kafka suite: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# A 3-broker Kafka cluster losing a broker, a collector and a processor worker mid-run. Not in CI
+# yet: it reproduces an open defect (README, running on a real cluster) and is marked xfail.
+test-cluster: install
+	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m cluster; rc=$$?; \
+	echo "cluster suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 lint: install
 	$(BIN)/ruff check .
@@ -29,8 +55,13 @@ lint: install
 unit: install
 	$(BIN)/pytest -m "not integration"
 
-bench: install
+bench: install bench-install
 	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The hash-pinned dependencies of the production image (the Dockerfile installs only these).
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra rocksdb --generate-hashes --universal \
+		--python-version 3.11 --no-header --quiet -o requirements.lock
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

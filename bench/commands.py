@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -23,8 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from convostream import kafka_compat
 from convostream.broker import EmbeddedBroker
-from ingest.commands.client import build_command
+from schemas.commands import build_command
 from simulator.testing import monitor
 from tests.commands_rig import KEYS, Rig, commands_log, running_rig
 
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=40, help="cold-socket commands")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    kafka_compat.install()  # the worker runs in-process, without ``convostream``'s start-up
     with EmbeddedBroker() as broker:
         # The worker's in-process logging would time itself; keep it quiet.
         import logging
@@ -139,4 +142,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("CONVOSTREAM_BROKER_COMPAT", "tansu")  # the embedded broker
     main()

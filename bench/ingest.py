@@ -14,6 +14,9 @@ about the process under test. Hence, beside them, each window's CPU time (utime 
 CPU-second of the process under test) compare the cost of a frame independently of the source,
 and ``sim_cpu`` near 1.0 means the source, not the consumer, was saturated.
 
+Every window starts once every socket is open, every replay has ended (``history_complete``;
+the simulator runs with repeats and markers on) and the replayed frames are acknowledged.
+
 Latency: frame read → broker acknowledgement at a fixed 5,000 frames/s, from the collector's
 ``publish_latency_seconds`` histogram (loop time at the read, loop time when the acknowledgement
 is processed; buckets every 1-10 ms up to 100 ms), over a 10 s steady-state window (bucket
@@ -35,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convostream.broker import EmbeddedBroker, create_topics, free_port
+from convostream.measure import (
+    cpu_seconds,
+    published_events,
+    rss_kib,
+    scrape,
+    wait_http,
+)
 
 KEY = "bench-key"
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,52 +71,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback http
-        return str(resp.read().decode())
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _get(url)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def _metrics(port: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in _get(f"http://127.0.0.1:{port}/metrics").splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _published(m: dict[str, float]) -> float:
-    return sum(v for k, v in m.items() if "published_records_total" in k and "monitor.events" in k)
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _percentile(m: dict[str, float], q: float) -> float:
@@ -131,7 +94,14 @@ def _percentile(m: dict[str, float], q: float) -> float:
 class Run:
     """One simulator process plus the broker topics of one measurement."""
 
-    def __init__(self, bootstrap: str, tmp: Path, conversations: int, rate: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        tmp: Path,
+        conversations: int,
+        rate: float,
+        knobs: tuple[str, ...] = ("--repeat-ratio", "0.2", "--replay-markers"),
+    ) -> None:
         self.bootstrap = bootstrap
         self.tmp = tmp
         self.port = free_port()
@@ -153,12 +123,13 @@ class Run:
                 "1",
                 "--duration",
                 "3600",
+                *knobs,  # default: repeated frames and replay markers, as upstream may send
             ],
             {"CONVOSTREAM_SIM_API_KEY": KEY, "CONVOSTREAM_LOG_LEVEL": "WARNING"},
             tmp / f"sim-{self.port}.log",
         )
         asyncio.run(create_topics(bootstrap, prefix=self.prefix))
-        _wait_http(f"http://127.0.0.1:{self.port}/_sim/status")
+        wait_http(f"http://127.0.0.1:{self.port}/_sim/status")
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -183,23 +154,46 @@ class Run:
 Window = dict[str, float]  # frames_per_s, cpu (cores of the process under test), sim_cpu
 
 
+SETTLE_TIMEOUT = 180.0  # seconds for every socket to open and the replay bursts to drain
+
+
+def _settle(port: int, conversations: int) -> None:
+    """Wait until every socket is open, every replay ended (``history_complete`` counted) and
+    the records buffered by then are acknowledged: a window opened earlier measures the
+    100-frame bursts of 1,000 sockets draining, not the steady state (under load that takes
+    tens of seconds)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    target: float | None = None
+    while True:
+        m = scrape(port)
+        if target is None:
+            markers = sum(v for k, v in m.items() if k.startswith(_MARKERS))
+            if m.get("convostream_collector_live_sockets", 0) >= conversations and (
+                markers >= 2 * conversations
+            ):
+                target = published_events(m) + m.get("convostream_collector_buffer_records", 0.0)
+        elif published_events(m) >= target:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"collector not settled after {SETTLE_TIMEOUT:.0f} s: {m}")
+        time.sleep(0.5)
+
+
+_MARKERS = "convostream_collector_replay_markers_total"
+
+
 def collector_throughput(run: Run, seconds: float, conversations: int) -> Window:
     port = free_port()
     proc = run.collector(port)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/metrics")
-        deadline = time.monotonic() + 60
-        while _metrics(port).get("convostream_collector_live_sockets", 0) < conversations:
-            if time.monotonic() > deadline:
-                raise RuntimeError("collector did not open every socket")
-            time.sleep(0.5)
-        time.sleep(3)  # replay bursts over, steady state
-        start, t0 = _published(_metrics(port)), time.monotonic()
-        cpu0, sim0 = _cpu_s(proc.pid), _cpu_s(run.sim.pid)
+        wait_http(f"http://127.0.0.1:{port}/metrics")
+        _settle(port, conversations)
+        start, t0 = published_events(scrape(port)), time.monotonic()
+        cpu0, sim0 = cpu_seconds(proc.pid), cpu_seconds(run.sim.pid)
         time.sleep(seconds)
-        frames = _published(_metrics(port)) - start
+        frames = published_events(scrape(port)) - start
         elapsed = time.monotonic() - t0
-        cpu, sim = _cpu_s(proc.pid) - cpu0, _cpu_s(run.sim.pid) - sim0
+        cpu, sim = cpu_seconds(proc.pid) - cpu0, cpu_seconds(run.sim.pid) - sim0
         return {"frames_per_s": frames / elapsed, "cpu": cpu / elapsed, "sim_cpu": sim / elapsed}
     finally:
         _stop(proc)
@@ -212,7 +206,8 @@ def raw_throughput(run: Run, seconds: float) -> Window:
         run.env(),
         run.tmp / "raw.log",
     )
-    proc.wait(seconds + 120)
+    if proc.wait(seconds + SETTLE_TIMEOUT + 60) != 0:
+        raise RuntimeError("raw loop failed: " + (run.tmp / "raw.log").read_text()[-2000:])
     return {k: float(v) for k, v in json.loads(out.read_text()).items()}
 
 
@@ -222,9 +217,13 @@ async def raw_loop(seconds: float) -> Window:
     from aiokafka import AIOKafkaProducer
     from fastavro import schemaless_writer
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-    import convostream.kafka_compat  # noqa: F401
+    from convostream import kafka_compat
+    from ingest.discovery import EXCLUDED  # as the collector: in-progress ones only
     from schemas.avro_schemas import parsed
+
+    kafka_compat.install()  # idempotent producers on the embedded broker, as the collector
 
     base = os.environ["CONVOSTREAM_UPSTREAM_URL"]
     headers = {"xi-api-key": os.environ["CONVOSTREAM_API_KEY"]}
@@ -233,7 +232,8 @@ async def raw_loop(seconds: float) -> Window:
     async with aiohttp.ClientSession(headers=headers) as session:
         cursor = None
         while True:
-            params = {"page_size": "100", **({"cursor": cursor} if cursor else {})}
+            params = [("page_size", "100"), *(("exclude_statuses", s) for s in EXCLUDED)]
+            params += [("cursor", cursor)] if cursor else []
             async with session.get(f"{base}/v1/convai/conversations", params=params) as r:
                 body = await r.json()
             ids += [c["conversation_id"] for c in body["conversations"]]
@@ -249,52 +249,76 @@ async def raw_loop(seconds: float) -> Window:
     )
     await producer.start()
     schema = parsed("MonitorEvent")
-    acked = 0
-    counting = False
+    acked = sent = 0
+    replayed: set[str] = set()
 
     def on_ack(_fut: Any) -> None:
         nonlocal acked
-        if counting:
-            acked += 1
+        acked += 1
 
     async def read(cid: str) -> None:
         ws_url = base.replace("http://", "ws://") + f"/v1/convai/conversations/{cid}/monitor"
-        async with connect(ws_url, additional_headers=headers, compression=None) as ws:
-            async for message in ws:
-                frame = json.loads(message)
-                buf = __import__("io").BytesIO()
-                schemaless_writer(
-                    buf,
-                    schema,
-                    {
-                        "event_key": "k",
-                        "conversation_id": cid,
-                        "agent_id": None,
-                        "type": frame["type"],
-                        "upstream_event_id": None,
-                        "received_at": 0,
-                        "collector_id": "raw",
-                        "connection_id": "c",
-                        "connection_seq": 0,
-                        "replay": False,
-                        "raw": message,
-                        "payload": ("convostream.RawPayload", {"type": frame["type"], "data": ""}),
-                    },
-                )
-                fut = await producer.send(topic, buf.getvalue(), key=cid.encode())
-                fut.add_done_callback(on_ack)
+        while True:  # a handshake may time out while 1,000 sockets open on a loaded machine
+            try:
+                async with connect(
+                    ws_url, additional_headers=headers, compression=None, ping_interval=None
+                ) as ws:
+                    await forward(cid, ws)
+                return
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+                await asyncio.sleep(1)
+
+    async def forward(cid: str, ws: Any) -> None:
+        nonlocal sent
+        async for message in ws:
+            frame = json.loads(message)
+            if frame["type"] in ("connected", "history_complete"):
+                if frame["type"] == "history_complete":
+                    replayed.add(cid)
+                continue
+            buf = __import__("io").BytesIO()
+            schemaless_writer(
+                buf,
+                schema,
+                {
+                    "event_key": "k",
+                    "conversation_id": cid,
+                    "agent_id": None,
+                    "type": frame["type"],
+                    "upstream_event_id": None,
+                    "received_at": 0,
+                    "collector_id": "raw",
+                    "connection_id": "c",
+                    "connection_seq": 0,
+                    "replay": False,
+                    "raw": message,
+                    "payload": ("convostream.RawPayload", {"type": frame["type"], "data": ""}),
+                },
+            )
+            fut = await producer.send(topic, buf.getvalue(), key=cid.encode())
+            sent += 1
+            fut.add_done_callback(on_ack)
 
     tasks = [asyncio.create_task(read(cid)) for cid in ids]
-    await asyncio.sleep(8)  # connected, replays over
+    deadline = time.monotonic() + SETTLE_TIMEOUT  # as the collector: replays over and acked
+    while len(replayed) < len(ids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"raw loop not settled: {len(replayed)} of {len(ids)} replays")
+        await asyncio.sleep(0.5)
+    target = sent
+    while acked < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"raw loop not settled: {target - acked} replayed frames unacked")
+        await asyncio.sleep(0.5)
     sim_pid = int(os.environ["BENCH_SIM_PID"])
-    counting = True
-    t0, cpu0, sim0 = time.monotonic(), time.process_time(), _cpu_s(sim_pid)
+    start = acked
+    t0, cpu0, sim0 = time.monotonic(), time.process_time(), cpu_seconds(sim_pid)
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - t0
     window = {
-        "frames_per_s": acked / elapsed,
+        "frames_per_s": (acked - start) / elapsed,
         "cpu": (time.process_time() - cpu0) / elapsed,
-        "sim_cpu": (_cpu_s(sim_pid) - sim0) / elapsed,
+        "sim_cpu": (cpu_seconds(sim_pid) - sim0) / elapsed,
     }
     for task in tasks:
         task.cancel()
@@ -316,19 +340,17 @@ def latency_and_memory(run: Run, conversations: int) -> tuple[float, float, floa
         CONVOSTREAM_COLLECTOR_GROUP_ID="idle",
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/metrics")
-        _wait_http(f"http://127.0.0.1:{idle_port}/metrics")
-        while _metrics(port).get("convostream_collector_live_sockets", 0) < conversations:
-            time.sleep(0.5)
-        time.sleep(5)  # replay bursts over
-        before, t0 = _metrics(port), time.monotonic()
+        wait_http(f"http://127.0.0.1:{port}/metrics")
+        wait_http(f"http://127.0.0.1:{idle_port}/metrics")
+        _settle(port, conversations)
+        before, t0 = scrape(port), time.monotonic()
         time.sleep(10)
-        after, elapsed = _metrics(port), time.monotonic() - t0
+        after, elapsed = scrape(port), time.monotonic() - t0
         m = {k: v - before.get(k, 0.0) for k, v in after.items()}  # steady state only
-        if _metrics(idle_port).get("convostream_collector_monitored_conversations", 0):
+        if scrape(idle_port).get("convostream_collector_monitored_conversations", 0):
             raise RuntimeError("the idle collector monitors conversations")
-        per_conv = (_rss_kib(proc.pid) - _rss_kib(idle.pid)) / conversations
-        rate = _published(m) / elapsed
+        per_conv = (rss_kib(proc.pid) - rss_kib(idle.pid)) / conversations
+        rate = published_events(m) / elapsed
         return _percentile(m, 50), _percentile(m, 99), per_conv, rate
     finally:
         _stop(proc)
@@ -412,4 +434,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("CONVOSTREAM_BROKER_COMPAT", "tansu")  # the embedded broker
     main()

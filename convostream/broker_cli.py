@@ -1,21 +1,34 @@
-"""``convostream broker``: the embedded broker in the foreground until SIGINT/SIGTERM."""
+"""``convostream broker``: a broker in the foreground until SIGINT/SIGTERM.
+
+``--engine tansu`` (the default) is the embedded Tansu broker; ``--engine kafka`` is Apache Kafka
+(KRaft, one node) from Maven Central, which needs Java 17+ and, for the first run, Maven.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import click
 from pydantic import Field
 
 from convostream import runtime
 from convostream.broker import EmbeddedBroker
+from convostream.kafka_dist import KafkaUnavailable
+from convostream.kafka_engine import KafkaBroker
 from convostream.logs import get_logger
 from convostream.settings import CommonSettings, load_settings, settings_options
 
 
 class BrokerSettings(CommonSettings):
+    broker_engine: Literal["tansu", "kafka"] = Field(
+        "tansu",
+        description="tansu: the embedded broker, in memory; kafka: Apache Kafka (KRaft) from "
+        "Maven Central, needs Java 17+ and Maven (jars cached in CONVOSTREAM_KAFKA_CACHE, "
+        "default ~/.cache/convostream/kafka), data in a temporary directory.",
+        json_schema_extra={"flag": "--engine"},
+    )
     broker_port: int = Field(
         9092,
         ge=0,
@@ -33,15 +46,17 @@ class BrokerSettings(CommonSettings):
 @click.command()
 @settings_options(BrokerSettings)
 def broker(**values: Any) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback.
+    """Run a Kafka broker on loopback: embedded Tansu (default) or Apache Kafka.
 
     Waits until the broker answers, creates the catalogue's topics, prints the bootstrap address
-    and runs until Ctrl-C. Storage is in memory: everything is gone when it stops.
+    and runs until Ctrl-C. Nothing is kept when it stops. Components talking to the Tansu engine
+    need CONVOSTREAM_BROKER_COMPAT=tansu (README, the embedded broker).
     """
     settings = load_settings(BrokerSettings, values)
     runtime.setup(settings)
     log = get_logger("convostream.broker")
-    embedded = EmbeddedBroker(
+    engine = EmbeddedBroker if settings.broker_engine == "tansu" else KafkaBroker
+    embedded = engine(
         port=settings.broker_port,
         prefix=settings.topic_prefix,
         create=settings.broker_create_topics,
@@ -56,7 +71,10 @@ def broker(**values: Any) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    embedded.start()
+    try:
+        embedded.start()
+    except KafkaUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"bootstrap: {embedded.bootstrap}", err=True)
     code = embedded.wait() if embedded.running() else 0
     embedded.stop()

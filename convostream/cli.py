@@ -17,17 +17,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("convostream.tail:tail", "Print decoded records of a topic as JSON lines."),
     "demo": ("convostream.demo:demo", "Run the whole pipeline on this machine."),
     "command-worker": (
-        "ingest.commands.cli:command_worker",
+        "commands.cli:command_worker",
         "Deliver commands from convai.commands upstream; write their results.",
     ),
     "send-command": (
-        "ingest.commands.cli:send_command",
+        "commands.cli:send_command",
         "Sign and send one command, wait for its result.",
     ),
     "collect": ("ingest.cli:collect", "Discover live conversations and monitor them into Kafka."),
+    "rules": (
+        "rules.cli:rules",
+        "The rules engine: live conditions to signed commands and alerts (rules check FILE).",
+    ),
     "process": (
         "processors.cli:process",
         "Compute conversation metrics and agent windows; write SQL and metrics topics.",
+    ),
+    "webhooks": (
+        "postcall.cli:webhooks",
+        "Receive signed post-call webhooks; backfill gaps from transcripts.",
     ),
 }
 

@@ -59,6 +59,39 @@ class DemoSettings(CommonSettings):
         "through send-command (0: never).",
         json_schema_extra={"flag": "--steer-every"},
     )
+    demo_escalation_ratio: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description='Share of simulated conversations whose user asks to "talk to a human"; '
+        "the rules engine hands them to a person.",
+        json_schema_extra={"flag": "--escalation-ratio"},
+    )
+    demo_rules_file: Path = Field(
+        Path(__file__).resolve().parents[1] / "deploy" / "rules" / "example.yaml",
+        description="Rules file of the demo's rules engine.",
+        json_schema_extra={"flag": "--rules-file"},
+    )
+    demo_scale: int = Field(
+        0,
+        ge=0,
+        description="Run the scale variant instead (e.g. 1000): this many concurrent "
+        "conversations through one collector and one processor, then print the headline figures "
+        "and stop (0: the ordinary demo).",
+        json_schema_extra={"flag": "--scale"},
+    )
+    demo_scale_rate: float = Field(
+        0.5,
+        gt=0,
+        description="Scale variant: frames per second per conversation.",
+        json_schema_extra={"flag": "--scale-rate"},
+    )
+    demo_scale_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="Scale variant: length of the steady-state window measured.",
+        json_schema_extra={"flag": "--scale-seconds"},
+    )
     demo_dir: Path = Field(
         Path("var/demo"),
         description="Directory for component logs and simulator files.",
@@ -76,6 +109,7 @@ class Ports:
     processor_metrics: int
     processor_web: int
     commands_metrics: int
+    rules_metrics: int
 
     @classmethod
     def pick(cls) -> Ports:
@@ -98,12 +132,9 @@ def write_command_credentials(run: Path) -> tuple[Path, Path, str]:
     return policy, key_file, key
 
 
-def components(
-    settings: DemoSettings, ports: Ports, api_key: str, policy: Path, issuer_key: str
-) -> list[Component]:
-    """The pipeline in start order; the demo stops them in reverse."""
-    run = settings.demo_dir
-    shared = {
+def shared_env(settings: DemoSettings, ports: Ports, api_key: str) -> dict[str, str]:
+    """The environment every component of a demo run shares."""
+    return {
         "CONVOSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.broker}",
         "CONVOSTREAM_UPSTREAM_URL": f"http://127.0.0.1:{ports.simulator}",
         "CONVOSTREAM_API_KEY": api_key,
@@ -111,9 +142,47 @@ def components(
         "CONVOSTREAM_LOG_LEVEL": settings.log_level,
         # the embedded broker holds a group join for half a session: keep it short here
         "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",
+        "CONVOSTREAM_BROKER_COMPAT": "tansu",
     }
+
+
+def broker(ports: Ports, shared: dict[str, str]) -> Component:
+    return Component("broker", ["broker", "--port", str(ports.broker)], shared)
+
+
+def collector_and_processor(
+    settings: DemoSettings, ports: Ports, shared: dict[str, str]
+) -> list[Component]:
+    """The monitoring path: ``collect`` and ``process`` (SQLite store in the run directory)."""
+    run = settings.demo_dir
     return [
-        Component("broker", ["broker", "--port", str(ports.broker)], shared),
+        Component(
+            "collector",
+            ["collect"],
+            {**shared, "CONVOSTREAM_METRICS_PORT": str(ports.collector_metrics)},
+        ),
+        Component(
+            "processor",
+            ["process"],
+            {
+                **shared,
+                "CONVOSTREAM_METRICS_PORT": str(ports.processor_metrics),
+                "CONVOSTREAM_DATABASE_URL": f"sqlite:///{run / 'convostream.db'}",
+                "CONVOSTREAM_PROCESSOR_DATA_DIR": str(run / "processors"),
+                "CONVOSTREAM_PROCESSOR_WEB_PORT": str(ports.processor_web),
+            },
+        ),
+    ]
+
+
+def components(
+    settings: DemoSettings, ports: Ports, api_key: str, policy: Path, issuer_key: str
+) -> list[Component]:
+    """The pipeline in start order; the demo stops them in reverse."""
+    run = settings.demo_dir
+    shared = shared_env(settings, ports, api_key)
+    return [
+        broker(ports, shared),
         Component(
             "simulator",
             [
@@ -136,25 +205,12 @@ def components(
                 "200",
                 "--disconnect-every",
                 "20",
+                "--escalation-ratio",
+                str(settings.demo_escalation_ratio),
             ],
             {**shared, "CONVOSTREAM_SIM_API_KEY": api_key},
         ),
-        Component(
-            "collector",
-            ["collect"],
-            {**shared, "CONVOSTREAM_METRICS_PORT": str(ports.collector_metrics)},
-        ),
-        Component(
-            "processor",
-            ["process"],
-            {
-                **shared,
-                "CONVOSTREAM_METRICS_PORT": str(ports.processor_metrics),
-                "CONVOSTREAM_DATABASE_URL": f"sqlite:///{run / 'convostream.db'}",
-                "CONVOSTREAM_PROCESSOR_DATA_DIR": str(run / "processors"),
-                "CONVOSTREAM_PROCESSOR_WEB_PORT": str(ports.processor_web),
-            },
-        ),
+        *collector_and_processor(settings, ports, shared),
         Component(
             "command-worker",
             ["command-worker", "--policy-file", str(policy)],
@@ -162,6 +218,15 @@ def components(
                 **shared,
                 "CONVOSTREAM_METRICS_PORT": str(ports.commands_metrics),
                 "CONVOSTREAM_COMMANDS_KEYS": json.dumps({ISSUER: issuer_key}),
+            },
+        ),
+        Component(
+            "rules",
+            ["rules", "--rules-file", str(settings.demo_rules_file), "--issuer", ISSUER],
+            {
+                **shared,
+                "CONVOSTREAM_METRICS_PORT": str(ports.rules_metrics),
+                "CONVOSTREAM_COMMANDS_KEY": issuer_key,
             },
         ),
     ]
@@ -211,6 +276,10 @@ PROCESSOR_FIELDS = (
     ("late", "convostream_late_events_total"),
 )
 COMMAND_FIELDS = (("commands", "convostream_commands_total"),)
+RULES_FIELDS = (
+    ("matches", "convostream_rules_matches_total"),
+    ("fires", "convostream_rules_fires_total"),
+)
 
 
 def _fmt(value: float | None) -> str:
@@ -225,6 +294,7 @@ def _status_line(
     collector: dict[str, float],
     processor: dict[str, float],
     commands: dict[str, float],
+    rules: dict[str, float],
     frames_per_s: float | None,
 ) -> str:
     upstream = "starting" if sim is None else f"live={sim.get('live')} ended={sim.get('ended')}"
@@ -234,6 +304,7 @@ def _status_line(
         ("collector", collector, COLLECTOR_FIELDS),
         ("processor", processor, PROCESSOR_FIELDS),
         ("commands", commands, COMMAND_FIELDS),
+        ("rules", rules, RULES_FIELDS),
     ):
         missing = 0.0 if values else None  # reachable but nothing counted yet: zero
         shown = " ".join(f"{label}={_fmt(values.get(metric, missing))}" for label, metric in wanted)
@@ -254,8 +325,11 @@ def _where_to_look(settings: DemoSettings, ports: Ports, key_file: Path) -> str:
             f"  lookup:    curl http://127.0.0.1:{ports.processor_web}/conversations/<id>",
             f"  command:   {bootstrap} convostream send-command end_call --conversation <id> "
             f"--issuer {ISSUER} --key-file {key_file}",
+            f"  alerts:    {bootstrap} convostream tail convai.alerts",
+            f"  rules:     {settings.demo_rules_file} (edit, then kill -HUP the rules process)",
             f"  Prometheus: http://127.0.0.1:{ports.collector_metrics}/metrics (collector), "
-            f":{ports.processor_metrics} (processor), :{ports.commands_metrics} (commands)",
+            f":{ports.processor_metrics} (processor), :{ports.commands_metrics} (commands), "
+            f":{ports.rules_metrics} (rules)",
             f"  logs:      {run}/*.log",
         ]
     )
@@ -264,9 +338,13 @@ def _where_to_look(settings: DemoSettings, ports: Ports, key_file: Path) -> str:
 async def _steer(
     session: aiohttp.ClientSession, ports: Ports, api_key: str, key_file: Path, run: Path
 ) -> None:
-    """Send one signed command to a live conversation, as another service would."""
+    """Send one signed command to a live conversation, as another service would.
+
+    The newest live conversation is steered: it is the least likely to end before the command
+    arrives (a command for an ended conversation is rightly rejected as not live).
+    """
     url = f"http://127.0.0.1:{ports.simulator}/v1/convai/conversations"
-    params = [("page_size", "1")] + [
+    params = [("page_size", "100")] + [
         ("exclude_statuses", s) for s in ("done", "failed", "processing", "initiated")
     ]
     try:
@@ -276,6 +354,7 @@ async def _steer(
         return
     if not listed:
         return
+    newest = max(listed, key=lambda c: c.get("start_time_unix_secs") or 0)
     with (run / "send-command.log").open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -284,7 +363,7 @@ async def _steer(
             "send-command",
             "contextual_update",
             "--conversation",
-            listed[0]["conversation_id"],
+            newest["conversation_id"],
             "--text",
             "The caller is a premium customer.",
             "--issuer",
@@ -300,6 +379,22 @@ async def _steer(
             },
         )
         await proc.wait()
+
+
+async def stop_all(procs: list[Component]) -> None:
+    """Stop ``procs`` in reverse start order, so producers flush before the broker goes."""
+    for comp in reversed(procs):
+        code = await comp.stop()
+        log.info("stopped", component=comp.name, exit_code=code)
+
+
+def failure(failed: Component) -> int:
+    """Say which component exited, with its last log lines; the demo's exit code."""
+    click.echo(
+        f"{failed.name} exited with code {failed.exited}; last log lines:\n{failed.tail_log()}",
+        err=True,
+    )
+    return 1
 
 
 async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
@@ -336,11 +431,12 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
                 elapsed = time.monotonic() - started
                 if settings.demo_run_for and elapsed >= settings.demo_run_for:
                     break
-                sim, collector, processor, commands = await asyncio.gather(
+                sim, collector, processor, commands, rules = await asyncio.gather(
                     _http_json(session, f"http://127.0.0.1:{ports.simulator}/_sim/status"),
                     _metrics(session, ports.collector_metrics),
                     _metrics(session, ports.processor_metrics),
                     _metrics(session, ports.commands_metrics),
+                    _metrics(session, ports.rules_metrics),
                 )
                 frames_per_s = None
                 if FRAMES in collector and last_frames is not None:
@@ -349,7 +445,9 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
                     )
                 if FRAMES in collector:
                     last_frames = (elapsed, collector[FRAMES])
-                line = _status_line(elapsed, sim, collector, processor, commands, frames_per_s)
+                line = _status_line(
+                    elapsed, sim, collector, processor, commands, rules, frames_per_s
+                )
                 every = settings.demo_steer_every
                 if (
                     every
@@ -368,15 +466,9 @@ async def _run(settings: DemoSettings, stop: asyncio.Event) -> int:
     finally:
         if tty:
             click.echo("")
-        for comp in reversed(procs):
-            code = await comp.stop()
-            log.info("stopped", component=comp.name, exit_code=code)
+        await stop_all(procs)
     if failed is not None:
-        click.echo(
-            f"{failed.name} exited with code {failed.exited}; last log lines:\n{failed.tail_log()}",
-            err=True,
-        )
-        return 1
+        return failure(failed)
     click.echo(f"Stopped. Logs, SQLite store and simulator files are in {run}/.")
     return 0
 
@@ -388,6 +480,8 @@ def demo(**values: Any) -> None:
 
     Everything binds to loopback and keeps its state in memory; logs and the simulator's
     ground truth and commands log go to --dir. Ctrl-C stops every component cleanly.
+    With --scale N: broker, simulator, collector and processor only, N conversations, the
+    headline figures measured as bench/e2e.py measures them.
     """
     settings = load_settings(DemoSettings, values)
     runtime.setup(settings)
@@ -395,7 +489,12 @@ def demo(**values: Any) -> None:
 
     async def main(stop: asyncio.Event) -> None:
         nonlocal result
-        result = await _run(settings, stop)
+        if settings.demo_scale:
+            from convostream.demo_scale import run_scale  # it builds on this module
+
+            result = await run_scale(settings, stop)
+        else:
+            result = await _run(settings, stop)
 
     runtime.run_until_signal(main)
     sys.exit(result)

@@ -4,11 +4,17 @@ v0 carries no producer id/epoch. Apache Kafka accepts it, but brokers written ag
 current protocol (Tansu 0.6, the embedded broker) answer v0-v2 with UNKNOWN_SERVER_ERROR, so
 ``enable_idempotence=True`` could not start. v3 (Kafka >= 2.5) sends producer id and epoch -1,
 which every broker reads as "allocate a new producer id". aiokafka negotiates the highest
-version both sides support, so older brokers still get v0. Importing this module installs it.
+version both sides support, so older brokers still get v0.
+
+Nothing happens on import: :func:`install` is called once at start-up (``runtime.setup`` for
+every command, ``CommandClient`` for services, the test and bench harnesses for in-process
+components). It checks the aiokafka version and the attribute it replaces, and fails naming
+both rather than patching a sender it was not written for.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import aiokafka.producer.sender as _sender
@@ -58,9 +64,23 @@ class InitProducerIdRequest(Request[InitProducerIdRequest_v0 | InitProducerIdReq
         return request_struct_class(self._transactional_id, self._transaction_timeout_ms)
 
 
+AIOKAFKA_VERSIONS = ("0.13.", "0.14.")  # the sender's InitProducerIdRequest use was read for these
+
+
+class KafkaCompatError(RuntimeError):
+    """The installed aiokafka is not one this patch was written for."""
+
+
 def install() -> None:
     """Make aiokafka's producer use the request above (idempotent: safe to call again)."""
+    installed = version("aiokafka")
+    if not installed.startswith(AIOKAFKA_VERSIONS):
+        raise KafkaCompatError(
+            f"aiokafka {installed} installed; the InitProducerId v3 patch is for "
+            f"{'/'.join(v + 'x' for v in AIOKAFKA_VERSIONS)}"
+        )
+    if not hasattr(_sender, "InitProducerIdRequest"):
+        raise KafkaCompatError(
+            f"aiokafka {installed}: aiokafka.producer.sender has no InitProducerIdRequest"
+        )
     _sender.InitProducerIdRequest = InitProducerIdRequest
-
-
-install()

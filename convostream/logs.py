@@ -83,5 +83,11 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+def flush() -> None:
+    """Write out what is buffered, before an exit that skips the usual clean-up."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)

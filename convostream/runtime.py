@@ -1,28 +1,59 @@
-"""Process plumbing shared by long-running commands: logging set-up and graceful shutdown."""
+"""Process plumbing shared by long-running commands: logging, start-up, health and shutdown.
+
+Exit codes, the same for every component (README, "Exit codes"): 0 stopped by SIGINT/SIGTERM,
+1 unexpected failure, 2 bad configuration (also credentials or a certificate the broker
+refuses), 3 a dependency (broker, schema registry) unreachable
+for the whole start-up budget, 4 a graceful stop that took longer than ``shutdown_timeout`` and
+was abandoned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
-from convostream import logs
-from convostream.settings import CommonSettings
+from prometheus_client import CollectorRegistry
+
+from convostream import kafka_compat, logs, readiness
+from convostream.ops import Health, serve
+from convostream.settings import CommonSettings, ConfigError
+
+EXIT_UNREACHABLE = 3
+EXIT_STOP_TIMEOUT = 4
+
+log = logs.get_logger(__name__)
 
 
 def setup(settings: CommonSettings, secrets: tuple[str | None, ...] = ()) -> None:
-    """Configure logging and register secrets for redaction before anything logs."""
-    for secret in secrets:
+    """Configure logging, register secrets for redaction before anything logs, and make
+    idempotent producers work on every broker (:mod:`convostream.kafka_compat`)."""
+    kafka_compat.install()
+    for secret in (*secrets, *settings.secrets()):
         logs.register_secret(secret)
     logs.configure(settings.log_level, settings.log_format)
+
+
+def serve_ops(port: int, health: Health, registry: CollectorRegistry) -> None:
+    """The operations port (:func:`convostream.ops.serve`); a port in use is a start-up error."""
+    try:
+        serve(port, health, registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"CONVOSTREAM_METRICS_PORT / --metrics-port: cannot listen on {port}: {exc.strerror}"
+        ) from None
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` where ``stop`` is set on the first SIGINT or SIGTERM.
 
     A second signal cancels ``main`` outright, for an operator who does not want to wait for a
-    graceful drain.
+    graceful drain. A dependency that never answered at start exits with code 3.
     """
 
     async def runner() -> None:
@@ -43,5 +74,82 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        asyncio.run(runner())
+    try:
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            asyncio.run(runner())
+    except readiness.Unreachable:
+        sys.exit(EXIT_UNREACHABLE)
+    except readiness.Refused as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def arm_stop_watchdog(timeout: float) -> None:
+    """Exit with code 4 if the process is still here ``timeout`` seconds after a stop began.
+
+    A thread, not a loop callback: the drain it bounds may be stuck inside the event loop.
+    """
+
+    def expire() -> None:
+        log.error("graceful stop took too long; abandoning it", shutdown_timeout=timeout)
+        logs.flush()
+        os._exit(EXIT_STOP_TIMEOUT)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def await_dependencies(settings: CommonSettings, health: Health) -> None:
+    """Before a component that owns its event loop (Faust) starts: wait for the broker and the
+    registry, alive meanwhile; exit 0 on SIGTERM, 3 when they never answer."""
+    ready = False
+
+    async def main(stop: asyncio.Event) -> None:
+        nonlocal ready
+        beat = health.start_heartbeat()
+        try:
+            ready = await readiness.dependencies_ready(settings, stop)
+        finally:
+            beat.cancel()
+
+    run_until_signal(main)
+    if not ready:
+        sys.exit(0)
+
+
+def run_component(
+    settings: CommonSettings,
+    health: Health,
+    body: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+) -> None:
+    """Run ``body(stop)`` once the dependencies answer, with a heartbeat and a broker watch.
+
+    ``stop`` is set by SIGINT/SIGTERM; ``body`` then has ``shutdown_timeout`` seconds to drain
+    before the process exits anyway (code 4), so a stop is honoured promptly whatever state
+    ``body`` is in (even blocked on an unreachable broker).
+    """
+
+    async def main(stop: asyncio.Event) -> None:
+        beat = health.start_heartbeat()
+        watcher = asyncio.create_task(
+            readiness.watch(
+                health,
+                "broker",
+                readiness.checks(settings)["broker"],
+                settings.health_interval,
+            ),
+            name="broker-watch",
+        )
+        try:
+            if not await readiness.dependencies_ready(settings, stop):
+                return
+            task = asyncio.create_task(body(stop), name=health.component)
+            await readiness.until_stopped(asyncio.shield(task), stop)
+            if not task.done():
+                arm_stop_watchdog(settings.shutdown_timeout)
+            await task
+        finally:
+            watcher.cancel()
+            beat.cancel()
+
+    run_until_signal(main)

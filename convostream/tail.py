@@ -19,14 +19,19 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import Field
 
-from convostream import runtime
-from convostream.settings import CommonSettings, load_settings, settings_options
-from schemas.avro_schemas import SCHEMA_NAMES, micros_to_iso, short_name, timestamp_fields
-from schemas.registry import registry_from_settings
-from schemas.serde import Decoded, Serde, SerdeError
+from convostream import readiness, runtime
+from convostream.broker import partitions_of
+from convostream.settings import CommonSettings, ConfigError, load_settings, settings_options
+from schemas.avro_schemas import SCHEMA_NAMES, short_name, timestamp_fields
+from schemas.clock import micros_to_iso
+from schemas.registry import Retry
+from schemas.serde import Decoded, Serde, SerdeError, open_serde
 from schemas.topics import MONITOR_EVENTS, Topic, lookup
 
 _POLL_MS = 200
+# tail only reads: it registers nothing and looks ids up with GET; a registry that stays down
+# for this long shows as _error on the record instead of stalling the output forever
+_REGISTRY_RETRY = Retry(give_up_after=30.0)
 
 
 class TailSettings(CommonSettings):
@@ -140,7 +145,7 @@ async def _partitions(
 ) -> list[TopicPartition]:
     if name not in await consumer.topics():
         raise click.ClickException(f"topic {name!r} does not exist on the broker at {bootstrap}")
-    return [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+    return await partitions_of(consumer, name)
 
 
 async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int] | None) -> bool:
@@ -154,15 +159,22 @@ async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int] | 
 
 async def _tail(settings: TailSettings, topic: Topic, stop: asyncio.Event) -> None:
     name = topic.full_name(settings.topic_prefix)
-    registry = registry_from_settings(settings.schema_registry_url)
-    serde = Serde(registry)
+    serde = await open_serde(
+        settings.schema_registry_url, retry=_REGISTRY_RETRY, access=settings.registry_access()
+    )
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka_security().client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
     )
     try:
         try:
             await consumer.start()
         except KafkaError as exc:
+            refused = await readiness.refusal(settings.kafka_bootstrap, settings.kafka_security())
+            if refused is not None:
+                raise ConfigError(refused) from None
             raise click.ClickException(
                 f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}"
             ) from None
@@ -195,7 +207,7 @@ async def _tail(settings: TailSettings, topic: Topic, stop: asyncio.Event) -> No
                 return
     finally:
         await consumer.stop()
-        await registry.close()
+        await serde.close()
 
 
 @click.command()

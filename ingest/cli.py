@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from convostream import runtime
-from convostream.settings import load_settings, settings_options
+from convostream.ops import Health
+from convostream.settings import ConfigError, load_settings, settings_options
 from ingest.collector import Collector
 from ingest.metrics import Metrics
 from ingest.settings import CollectorSettings
@@ -35,13 +36,20 @@ def collect(**values: Any) -> None:
     """
     settings = load_settings(CollectorSettings, values)
     key = settings.api_key.get_secret_value() if settings.api_key else None
+    if not key:
+        raise ConfigError(
+            "invalid configuration: CONVOSTREAM_API_KEY (or ELEVENLABS_API_KEY) is required: "
+            "the xi-api-key that discovery and the monitor sockets send"
+        )
     runtime.setup(settings, secrets=(key,))
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     metrics = Metrics()
-    metrics.serve(settings.metrics_port)
+    health = Health("collector")
+    health.declare("broker", "assignment")
+    runtime.serve_ops(settings.metrics_port, health, metrics.registry)
 
     async def main(stop: asyncio.Event) -> None:
-        await Collector(settings, metrics).run(stop)
+        await Collector(settings, metrics, health).run(stop)
 
-    runtime.run_until_signal(main)
+    runtime.run_component(settings, health, main)

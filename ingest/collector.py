@@ -4,8 +4,11 @@ Ownership: the process joins a consumer group on ``convai.conversations``; the p
 given decide which conversations it monitors (:mod:`ingest.ownership`). On a rebalance the
 monitors of revoked partitions pause; once everything they handed on is acknowledged, a
 hand-over record per conversation carries the replay history to whoever gets the partition, and
-the offsets are committed. When the assignment arrives, monitors of partitions kept resume (the
-eager protocol revokes everything first) and the others close. Shutdown does the same for all.
+the offsets are committed. A collector that dies hands nothing over, so every monitor also
+writes periodic checkpoints of what the broker acknowledged: the next owner seeds from them,
+keeps the event keys, and lets the 100-frame replay fill in the rest (or reports a gap). When
+the assignment arrives, monitors of partitions kept resume (the eager protocol revokes
+everything first) and the others close. Shutdown does the same for all.
 """
 
 from __future__ import annotations
@@ -17,31 +20,37 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-import convostream.kafka_compat  # noqa: F401 - must precede producers: idempotence on Tansu
 from convostream.logs import get_logger
+from convostream.ops import Health
 from ingest.discovery import IN_PROGRESS, RestClient
-from ingest.lifecycle import observe, record, released
+from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.metrics import Metrics
 from ingest.monitor import Context, Ending, Monitor
 from ingest.ownership import Ledger, partition_for
 from ingest.publisher import Outgoing, Publisher
+from ingest.replay import DIGEST_SIZE
 from ingest.settings import CollectorSettings
 from schemas.registry import registry_from_settings
 from schemas.serde import Serde, SerdeError
 from schemas.topics import CATALOGUE, CONVERSATIONS, MONITOR_DLQ, MONITOR_EVENTS
+from upstream.urls import websocket_base
 
 log = get_logger("ingest.collector")
 
 HANDOVER_TIMEOUT = 10.0  # seconds to flush on a rebalance before giving partitions up anyway
 COMMIT_EVERY = 2.0
+BROKER_CALL_TIMEOUT = 2.0  # seconds a reading-loop pass waits for an offset answer
 
 
 class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
     """Everything one ``convostream collect`` process runs."""
 
-    def __init__(self, settings: CollectorSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: CollectorSettings, metrics: Metrics, health: Health | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.health = health or Health("collector")
         self.collector_id = settings.resolved_id()
         prefix = settings.topic_prefix
         self.topic = CONVERSATIONS.full_name(prefix)
@@ -72,6 +81,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         compression = None if s.collector_compression == "none" else s.collector_compression
         return AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
+            **s.kafka_security().client_kwargs(),
             client_id=f"collector-{self.collector_id}",
             enable_idempotence=True,
             acks="all",
@@ -83,7 +93,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        registry = registry_from_settings(s.schema_registry_url)
+        registry = registry_from_settings(s.schema_registry_url, access=s.registry_access())
         await registry.prepare(CATALOGUE, s.topic_prefix)
         serde = Serde(registry)
         publisher = Publisher(
@@ -97,10 +107,9 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         self.publisher = publisher
         self._lifecycle_partitions = await publisher.partitions(self.topic)
         self.ledger = Ledger(self._lifecycle_partitions)
-        ws_base = s.upstream_url.rstrip("/").replace("https://", "wss://", 1)
         self.ctx = Context(
             collector_id=self.collector_id,
-            ws_base=ws_base.replace("http://", "ws://", 1),
+            ws_base=websocket_base(s.upstream_url),
             api_key=self._api_key,
             serde=serde,
             publisher=publisher,
@@ -116,11 +125,11 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             backoff_base=s.collector_backoff_base,
             backoff_max=s.collector_backoff_max,
             max_frame_bytes=s.collector_max_frame_bytes,
-            echo_window=s.collector_replay_echo_ms / 1000.0,
         )
         session = s.group_session_timeout_ms
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
+            **s.kafka_security().client_kwargs(),
             group_id=s.collector_group_id,
             client_id=f"collector-{self.collector_id}",
             enable_auto_commit=False,
@@ -137,6 +146,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             asyncio.create_task(self._consume(serde), name="consume"),
             asyncio.create_task(self._discover(), name="discover"),
             asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoint"),
         ]
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -186,6 +196,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
     # ----- group membership -----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Pause, flush, hand over and commit; the monitors close once we know what we keep."""
+        self.health.set("assignment", False, "rebalancing")
         await self._release([tp.partition for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -200,17 +211,18 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             if partition not in kept:
                 self.ledger.revoke(partition)
         fresh = [tp for tp in assigned if tp.partition not in self.ledger.owned]
-        if fresh:
-            ends = await consumer.end_offsets(fresh)
-            for tp in fresh:
-                self.ledger.assign(tp.partition, ends[tp])
+        for tp in fresh:  # end offsets are asked by the reading loop, which retries
+            self.ledger.assign(tp.partition)
         self.metrics.partitions.set(len(kept))
+        self.health.set("assignment", True)  # joined; no partitions is fine beyond 12 collectors
         log.info("partitions assigned", partitions=sorted(kept), new=len(fresh))
 
     async def _release(self, partitions: list[int]) -> None:
         if not partitions or self.publisher is None:
             return
         wanted = set(partitions)
+        for partition in wanted:  # no monitor may start on them until we know what we keep
+            self._paused.setdefault(partition, [])
         paused = [m for m in self.monitors.values() if self._partition(m) in wanted]
         for monitor in paused:
             monitor.pause()
@@ -227,14 +239,17 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     monitor.reader.history(),
                 )
             )
-        # The last record of each partition goes alone: Tansu 0.6 hides the tail of a
-        # multi-record batch from consumers until another batch arrives.
+        # With CONVOSTREAM_BROKER_COMPAT=tansu the last record of each partition goes alone:
+        # Tansu 0.6 hides the tail of a multi-record batch from consumers until another batch
+        # arrives. Kafka needs no such care.
+        last = 1 if self.settings.tansu else 0
         for values in hand_overs.values():
-            for value in values[:-1]:
+            for value in values[: len(values) - last]:
                 self.publish_lifecycle(value)
-        await self.publisher.flush(HANDOVER_TIMEOUT)
-        for values in hand_overs.values():
-            self.publish_lifecycle(values[-1])
+        if last:
+            await self.publisher.flush(HANDOVER_TIMEOUT)
+            for values in hand_overs.values():
+                self.publish_lifecycle(values[-1])
         await self.publisher.flush(HANDOVER_TIMEOUT)
         await self._commit(partitions)
         log.info("partitions released", partitions=sorted(wanted), monitors=len(paused))
@@ -271,17 +286,31 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._reconcile()
 
     async def _reconcile(self) -> None:
-        """Start monitors for live conversations of partitions read up to their hand-overs."""
+        """Start monitors for live conversations of partitions read up to their hand-overs.
+
+        Every broker call here is retried on the next pass and bounded in time, so a failed
+        or slow answer delays a take-over by one pass instead of leaving a partition unread.
+        """
         consumer = self.consumer
         assert consumer is not None
+        waiting = self.ledger.waiting()
+        if waiting:
+            tps = [TopicPartition(self.topic, p) for p in waiting]
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), BROKER_CALL_TIMEOUT)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("end offsets unavailable; retrying", error=type(exc).__name__)
+                ends = {}
+            for tp, end in ends.items():
+                self.ledger.catch_up(tp.partition, end)
         for partition in list(self.ledger.owned):
             if partition in self._paused:
                 continue
             tp = TopicPartition(self.topic, partition)
             try:
-                position = await consumer.position(tp)
-            except (KafkaError, AssertionError, KeyError):
-                continue  # not assigned any more: a rebalance is under way
+                position = await asyncio.wait_for(consumer.position(tp), BROKER_CALL_TIMEOUT)
+            except (KafkaError, AssertionError, KeyError, TimeoutError):
+                continue  # not assigned any more (a rebalance is under way), or not known yet
             if partition in self._paused or not self.ledger.ready(partition, position):
                 continue  # paused while we awaited: a hand-over started
             for cid, conv in list(self.ledger.owned[partition].live.items()):
@@ -289,7 +318,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     self._start(cid, conv.agent_id, conv.history)
                 conv.history = None  # a hand-over is only needed to start a monitor
 
-    def _start(self, cid: str, agent_id: str | None, history: list[bytes] | None) -> None:
+    def _start(self, cid: str, agent_id: str | None, history: bytes | None) -> None:
         assert self.ctx is not None
         monitor = Monitor(self.ctx, cid, agent_id, history, self._ended)
         self.monitors[cid] = monitor
@@ -303,12 +332,9 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.monitored.set(len(self.monitors))
         self.metrics.ended.labels(ending.how).inc()
         detail = {"how": ending.how, "reason": ending.detail}
-        if ending.how in ("refused", "ended_while_disconnected"):
-            if ending.how == "refused":
-                log.error("monitor refused; giving up", conversation_id=cid, reason=ending.detail)
-            else:
-                self.metrics.gaps.inc()
-                log.warning("conversation ended while disconnected", conversation_id=cid)
+        if ending.how == "ended_while_disconnected":
+            self.metrics.gaps.inc()
+            log.warning("conversation ended while disconnected", conversation_id=cid)
             self.publish_lifecycle(
                 record(
                     cid,
@@ -365,6 +391,33 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                 status=status,
             )
         )
+
+    async def _checkpoint_loop(self) -> None:
+        """Every interval, checkpoint each monitor's frames whose records were acknowledged.
+
+        A snapshot (history size and the last records offered) is taken one interval before
+        it is written, and written only once those records are acknowledged: records of one
+        conversation are acknowledged in order, so everything before them is on the broker.
+        """
+        snapshots: dict[str, tuple[int, Outgoing | None, Outgoing | None]] = {}
+        while True:
+            await asyncio.sleep(self.settings.collector_checkpoint_interval)
+            taken: dict[str, tuple[int, Outgoing | None, Outgoing | None]] = {}
+            for cid, monitor in self.monitors.items():
+                snap = snapshots.get(cid)
+                if snap is not None and all(r is None or r.acked for r in snap[1:]):
+                    start, size = monitor.checkpointed, snap[0]
+                    if size > start:
+                        history = monitor.reader.history(start)[: (size - start) * DIGEST_SIZE]
+                        self.publish_lifecycle(
+                            checkpoint(cid, monitor.agent_id, self.collector_id, start, history)
+                        )
+                        monitor.checkpointed = size
+                    snap = None
+                if snap is None:
+                    snap = (monitor.reader.size, monitor.last, monitor.last_dlq)
+                taken[cid] = snap
+            snapshots = taken
 
     async def _commit_loop(self) -> None:
         while True:

@@ -2,22 +2,28 @@
 
 Replay duplicates are dropped before parsing, on the exact bytes, so a malformed frame that is
 replayed reaches the DLQ once, like a good one reaches the events topic once. Nothing raises on
-bad input: whatever cannot be read becomes a DeadLetter with a machine-readable reason.
+bad input: whatever cannot be read becomes a DeadLetter with a machine-readable reason. The
+upstream's ``connected`` / ``history_complete`` markers are connection control frames: they
+steer the replay alignment and are counted, never published. Replay bursts are held until
+aligned (:mod:`ingest.replay`), so one frame may release several records at once.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ingest.replay import Gap, ReplayFilter, event_key, frame_digest
-from schemas.payloads import monitor_payload
+from ingest.replay import Gap, Outcome, ReplayFilter, Verdict, event_key, frame_digest
+from schemas.payloads import monitor_payload, upstream_event_ids
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024  # agent_tool_response_full_payload carries up to 64 KB
 DLQ_RAW_LIMIT = 256 * 1024  # an oversize frame is kept up to this many bytes in the DLQ
+MARKERS = frozenset({"connected", "history_complete"})
+MARKER_MAX_BYTES = 512  # markers are tiny: larger frames are never parsed to look for one
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +40,19 @@ class FrameResult:
 
     event: dict[str, Any] | None = None
     dead_letter: dict[str, Any] | None = None
-    gap: Gap | None = None
     end_call: bool = False  # an agent_tool_response of the end_call tool: the conversation ends
 
     @property
     def duplicate(self) -> bool:
         return self.event is None and self.dead_letter is None
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Records released by one call, in arrival order, and a gap if the replay fell short."""
+
+    results: list[FrameResult]
+    gap: Gap | None = None
 
 
 class FrameReader:
@@ -48,9 +61,11 @@ class FrameReader:
     __slots__ = (
         "_connection_id",
         "_filter",
+        "_held",
         "agent_id",
         "collector_id",
         "conversation_id",
+        "markers",
         "max_frame_bytes",
     )
 
@@ -68,40 +83,75 @@ class FrameReader:
         self.max_frame_bytes = max_frame_bytes
         self._filter = replay or ReplayFilter()
         self._connection_id = ""
+        self._held: deque[tuple[bytes, bytes, int]] = deque()  # (raw, digest, received_at)
+        self.markers = 0
 
     @property
     def gaps(self) -> int:
         return self._filter.gaps
 
-    def connected(self, connection_id: str, now: float) -> Gap | None:
+    @property
+    def ambiguous(self) -> int:
+        """Replay matches the upstream gave no way to decide exactly (see :mod:`ingest.replay`)."""
+        return self._filter.ambiguous
+
+    @property
+    def pending(self) -> bool:
+        """Replay frames are held for alignment: call :meth:`tick` if the socket goes quiet."""
+        return self._filter.pending
+
+    @property
+    def size(self) -> int:
+        return self._filter.size
+
+    def connected(self, connection_id: str, now: float) -> Released:
+        out = self._filter.connected(now)  # what the last connection still held
+        released = self._release(out)
         self._connection_id = connection_id
-        return self._filter.connected(now)
+        return released
 
-    def disconnected(self) -> Gap | None:
-        return self._filter.disconnected()
+    def disconnected(self) -> Released:
+        return self._release(self._filter.disconnected())
 
-    def tick(self, now: float) -> Gap | None:
-        return self._filter.tick(now)
+    def tick(self, now: float) -> Released:
+        return self._release(self._filter.tick(now))
 
-    def history(self) -> list[bytes]:
-        """Frame digests this reader has seen, for the collector that takes over."""
-        return self._filter.history()
+    def history(self, start: int = 0) -> bytes:
+        """Frame digests this reader has seen (from frame ``start``), for the next owner."""
+        return self._filter.history(start)
 
-    def seed(self, digests: list[bytes]) -> None:
+    def seed(self, history: bytes) -> None:
         """Continue from a previous owner's :meth:`history`."""
-        self._filter.seed(digests)
+        self._filter.seed(history)
 
-    def frame(self, data: bytes | str, received_at: int, now: float) -> FrameResult:
+    def frame(self, data: bytes | str, received_at: int, now: float) -> Released:
         """Classify one frame; ``received_at`` is epoch microseconds, ``now`` monotonic seconds."""
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        kind = _marker(raw)
+        if kind is not None:
+            self.markers += 1
+            return self._release(self._filter.marker(kind, now))
         digest = frame_digest(raw)
-        verdict, gap = self._filter.observe(digest, now)
-        if verdict.duplicate:
-            return FrameResult(gap=gap)
+        self._held.append((raw, digest, received_at))
+        return self._release(self._filter.observe(digest, now))
+
+    def _release(self, outcome: Outcome) -> Released:
+        verdicts, gap = outcome
+        held = self._held
+        results = []
+        for verdict in verdicts:
+            raw, digest, received_at = held.popleft()
+            if verdict.duplicate:
+                results.append(DUPLICATE)
+            else:
+                results.append(self._record(raw, digest, received_at, verdict))
+        return Released(results, gap)
+
+    def _record(self, raw: bytes, digest: bytes, received_at: int, verdict: Verdict) -> FrameResult:
         parsed = self._parse(raw)
         if isinstance(parsed, Unreadable):
             letter = self._dead_letter(raw, parsed, received_at, verdict.connection_seq)
-            return FrameResult(dead_letter=letter, gap=gap)
+            return FrameResult(dead_letter=letter)
         text, obj = parsed
         event_type: str = obj["type"]
         payload = monitor_payload(event_type, obj)
@@ -110,7 +160,7 @@ class FrameReader:
             "conversation_id": self.conversation_id,
             "agent_id": self.agent_id,
             "type": event_type,
-            "upstream_event_id": payload[1].get("event_id"),
+            **upstream_event_ids(payload),
             "received_at": received_at,
             "collector_id": self.collector_id,
             "connection_id": self._connection_id,
@@ -120,7 +170,7 @@ class FrameReader:
             "payload": payload,
         }
         end_call = event_type == "agent_tool_response" and payload[1].get("tool_name") == "end_call"
-        return FrameResult(event=event, gap=gap, end_call=end_call)
+        return FrameResult(event=event, end_call=end_call)
 
     def _parse(self, raw: bytes) -> tuple[str, dict[str, Any]] | Unreadable:
         """``(text, object)`` of a readable frame, else why it cannot be read."""
@@ -160,3 +210,18 @@ class FrameReader:
             "connection_id": self._connection_id or None,
             "connection_seq": seq,
         }
+
+
+DUPLICATE = FrameResult()
+
+
+def _marker(raw: bytes) -> str | None:
+    """The marker kind when the frame is an upstream ``connected`` / ``history_complete``."""
+    if len(raw) > MARKER_MAX_BYTES or (b"connected" not in raw and b"history_complete" not in raw):
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if kind in MARKERS else None

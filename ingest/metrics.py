@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,6 +67,22 @@ class Metrics:
         self.gaps = Counter(
             _P + "gaps", "Reconnects whose replay could not cover what was missed.", registry=r
         )
+        self.markers = Counter(
+            _P + "replay_markers",
+            "Upstream connected / history_complete control frames read (never published).",
+            registry=r,
+        )
+        self.ambiguous = Counter(
+            _P + "replay_ambiguous",
+            "Replayed copies of a repeated frame matched across the replay window's edge, where "
+            "the upstream gives no way to tell a replay from a new repeat.",
+            registry=r,
+        )
+        self.refused = Counter(
+            _P + "monitor_refused",
+            "Monitor sockets refused (1008) while REST still said in-progress.",
+            registry=r,
+        )
         self.dlq = Counter(
             _P + "dlq_records",
             "Frames sent to convai.monitor.dlq, by reason.",
@@ -116,8 +132,3 @@ class Metrics:
             counts[event_type] += 1
         else:
             counts["other"] += 1
-
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` (a daemon thread), unless ``port`` is 0."""
-        if port:
-            start_http_server(port, registry=self.registry)

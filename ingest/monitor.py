@@ -6,10 +6,12 @@ the connection), the sans-I/O :class:`~ingest.frames.FrameReader`, one Avro enco
 to the publisher's FIFO. It stops reading while the publisher is full (back-pressure) or while
 the conversation's partition is being handed over (:meth:`Monitor.pause`).
 
-End detection: close 1000 after an ``end_call`` tool response ends it; close 1000 or 1008
-otherwise asks REST, and the conversation has ended when its status left ``in-progress``. A
-1008 while REST still says in progress (bad key, no monitoring rights) gives up and says why.
-Anything else reconnects with jittered exponential back-off while the conversation is live.
+End detection (DESIGN.md §3): close 1000 after an ``end_call`` tool response ends it; close 1000
+or 1008 otherwise asks REST, and the conversation has ended when its status left
+``in-progress``. A 1008 while REST still says in progress (bad key, no monitoring rights, an
+upstream limit) is not an end: frames are being missed, so it is a gap and an alarm (an error
+log and ``convostream_collector_monitor_refused_total``), and the monitor keeps retrying with
+back-off while the conversation is live. Anything else reconnects the same way.
 """
 
 from __future__ import annotations
@@ -21,23 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from convostream.logs import get_logger
-from ingest.backoff import Backoff
-from ingest.discovery import ENDED, RestClient
-from ingest.frames import FrameReader
+from ingest.discovery import ENDED, INITIATED, RestClient
+from ingest.frames import FrameReader, Released
 from ingest.lifecycle import record
 from ingest.metrics import Metrics
 from ingest.ownership import partition_for
 from ingest.publisher import Outgoing, Publisher
 from ingest.replay import Gap, ReplayFilter
 from schemas.serde import Serde
+from upstream.backoff import Backoff
+from upstream.websocket import open_monitor
 
 log = get_logger("ingest.monitor")
 
-HISTORY_WINDOW = 128  # >= the 100-frame replay; kept small: it is most of a monitor's memory
+BURST_POLL = 0.1  # seconds between checks whether a held replay burst has gone quiet
 CHECK_AFTER_FAILURES = 3  # consecutive failed connections before asking REST whether it ended
 
 
@@ -62,16 +65,14 @@ class Context:
     backoff_base: float
     backoff_max: float
     max_frame_bytes: int
-    echo_window: float
 
 
 @dataclass(frozen=True, slots=True)
 class Ending:
     """Why a monitor stopped for good.
 
-    ``how``: ``end_call``, ``status`` (REST after a close 1000), ``ended_while_disconnected``
-    (REST after an abnormal close: the frames sent after it may be missing, a gap) or
-    ``refused`` (1008 while still in progress: the conversation is no longer monitored).
+    ``how``: ``end_call``, ``status`` (REST after a close 1000) or ``ended_while_disconnected``
+    (REST after an abnormal close: the frames sent after it may be missing, a gap).
     """
 
     how: str
@@ -83,15 +84,20 @@ class Monitor:
     """Reads one conversation's monitor socket until the conversation ends or it is released."""
 
     __slots__ = (
+        "_ambiguous",
         "_end_call",
         "_gate",
         "_key",
         "_on_end",
         "_p_dlq",
         "_p_events",
+        "_refusing",
         "agent_id",
+        "checkpointed",
         "conversation_id",
         "ctx",
+        "last",
+        "last_dlq",
         "reader",
         "task",
     )
@@ -101,18 +107,20 @@ class Monitor:
         ctx: Context,
         conversation_id: str,
         agent_id: str | None,
-        history: list[bytes] | None,
+        history: bytes | None,
         on_end: Callable[[Monitor, Ending], None],
     ) -> None:
         self.ctx = ctx
         self.conversation_id = conversation_id
         self.agent_id = agent_id
-        replay = ReplayFilter(window=HISTORY_WINDOW, echo_window=ctx.echo_window)
+        replay = ReplayFilter()
         self.reader = FrameReader(
             conversation_id, ctx.collector_id, agent_id, ctx.max_frame_bytes, replay
         )
         if history:
             self.reader.seed(history)
+        self.checkpointed = self.reader.size  # frames the lifecycle topic already holds
+        self._refusing = False
         self._on_end = on_end
         self._gate = asyncio.Event()
         self._gate.set()
@@ -120,13 +128,18 @@ class Monitor:
         self._p_events = partition_for(conversation_id, ctx.events_partitions)
         self._p_dlq = partition_for(conversation_id, ctx.dlq_partitions)
         self._end_call = False
+        self._ambiguous = 0
+        self.last: Outgoing | None = None  # the last records offered: a checkpoint waits for them
+        self.last_dlq: Outgoing | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"monitor-{self.conversation_id}")
 
     def pause(self) -> None:
-        """Stop handing frames on (a frame already read waits; it is dropped if we stop)."""
+        """Stop handing frames on: nothing reaches the publisher until :meth:`resume`, so the
+        hand-over history is all this owner published (a held replay burst or a frame already
+        read waits; they are dropped if we stop, and the next owner's replay has them)."""
         self._gate.clear()
 
     def resume(self) -> None:
@@ -145,25 +158,23 @@ class Monitor:
     async def _run(self) -> None:
         ctx = self.ctx
         backoff = Backoff(ctx.backoff_base, ctx.backoff_max)
-        url = f"{ctx.ws_base}/v1/convai/conversations/{self.conversation_id}/monitor"
-        headers = {"xi-api-key": ctx.api_key} if ctx.api_key else {}
         failures = 0
         announced = False
         while True:
+            await self._gate.wait()  # paused: the next owner may already be reading it
             code: int | None = None
             reason = ""
             frames = 0
             try:
-                async with connect(
-                    url,
-                    additional_headers=headers,
+                async with open_monitor(
+                    ctx.ws_base,
+                    self.conversation_id,
+                    ctx.api_key,
                     open_timeout=ctx.connect_timeout,
                     ping_interval=ctx.ping_interval or None,
-                    ping_timeout=ctx.ping_interval or None,
                     close_timeout=2,
                     max_queue=8,
                     max_size=4 * ctx.max_frame_bytes,
-                    compression=None,
                 ) as ws:
                     if not announced:
                         ctx.lifecycle(self._record("monitoring", None))
@@ -175,6 +186,7 @@ class Monitor:
             if frames:
                 backoff.reset()
                 failures = 0
+                self._refusing = False
             else:
                 failures += 1
             ending = await self._ending(code, reason, failures)
@@ -193,47 +205,67 @@ class Monitor:
         reader = self.reader
         loop = asyncio.get_running_loop()
         gate, room = self._gate, ctx.publisher.room
-        gap = reader.connected(uuid.uuid4().hex, loop.time())
-        if gap is not None:
-            self._gap(gap)
+        await gate.wait()  # paused while connecting: the last connection's frames wait too
+        self._hand_on(reader.connected(uuid.uuid4().hex, loop.time()), loop.time())
         ctx.metrics.live_sockets.inc()
         frames = 0
         try:
             while True:
-                data = await ws.recv(decode=False)
+                if reader.pending:  # a replay burst is held: close it if the socket goes quiet
+                    try:
+                        data = await asyncio.wait_for(ws.recv(decode=False), BURST_POLL)
+                    except TimeoutError:
+                        if gate.is_set():
+                            self._hand_on(reader.tick(loop.time()), loop.time())
+                        else:  # paused: a burst released now would miss the hand-over
+                            await gate.wait()
+                        continue
+                else:
+                    data = await ws.recv(decode=False)
                 if not gate.is_set():
                     await gate.wait()
                 if not room.is_set():
                     await room.wait()
                 frames += 1
-                self._frame(data, loop.time())
+                markers = reader.markers
+                now = loop.time()
+                self._hand_on(reader.frame(data, time.time_ns() // 1000, now), now)
+                if reader.markers != markers:
+                    ctx.metrics.markers.inc()
         except ConnectionClosed:
             return frames
         finally:
             ctx.metrics.live_sockets.dec()
-            gap = reader.disconnected()
-            if gap is not None:
-                self._gap(gap)
+            released = reader.disconnected()
+            if gate.is_set():  # paused: stopped after a hand-over; the next owner replays them
+                self._hand_on(released, loop.time())
 
-    def _frame(self, data: bytes, now: float) -> None:
+    def _hand_on(self, released: Released, now: float) -> None:
+        """Publish what the reader released, in order; report a gap."""
         ctx = self.ctx
-        result = self.reader.frame(data, time.time_ns() // 1000, now)
-        if result.gap is not None:
-            self._gap(result.gap)
-        event = result.event
-        if event is not None:
-            ctx.metrics.frame(event["type"])
-            value = ctx.serde.encode("MonitorEvent", event)
-            ctx.publisher.offer(Outgoing(ctx.events_topic, self._p_events, self._key, value, now))
-            if result.end_call:
-                self._end_call = True
-        elif result.dead_letter is not None:
-            letter = result.dead_letter
-            ctx.metrics.dlq.labels(letter["reason"]).inc()
-            value = ctx.serde.encode("DeadLetter", letter)
-            ctx.publisher.offer(Outgoing(ctx.dlq_topic, self._p_dlq, self._key, value, now))
-        else:
-            ctx.metrics.duplicates.inc()
+        if released.gap is not None:
+            self._gap(released.gap)
+        for result in released.results:
+            event = result.event
+            if event is not None:
+                ctx.metrics.frame(event["type"])
+                value = ctx.serde.encode("MonitorEvent", event)
+                self.last = out = Outgoing(ctx.events_topic, self._p_events, self._key, value, now)
+                ctx.publisher.offer(out)
+                if result.end_call:
+                    self._end_call = True
+            elif result.dead_letter is not None:
+                letter = result.dead_letter
+                ctx.metrics.dlq.labels(letter["reason"]).inc()
+                value = ctx.serde.encode("DeadLetter", letter)
+                self.last_dlq = out = Outgoing(ctx.dlq_topic, self._p_dlq, self._key, value, now)
+                ctx.publisher.offer(out)
+            else:
+                ctx.metrics.duplicates.inc()
+        ambiguous = self.reader.ambiguous
+        if ambiguous != self._ambiguous:
+            ctx.metrics.ambiguous.inc(ambiguous - self._ambiguous)
+            self._ambiguous = ambiguous
 
     def _gap(self, gap: Gap) -> None:
         self.ctx.metrics.gaps.inc()
@@ -242,9 +274,14 @@ class Monitor:
             conversation_id=self.conversation_id,
             replayed=gap.replayed,
             history=gap.history,
+            reason=gap.reason,
         )
         self.ctx.lifecycle(
-            self._record("gap", None, {"replayed": gap.replayed, "history": gap.history})
+            self._record(
+                "gap",
+                None,
+                {"replayed": gap.replayed, "history": gap.history, "reason": gap.reason},
+            )
         )
 
     def _record(
@@ -273,6 +310,21 @@ class Monitor:
             # without a close 1000 the upstream may have had frames still to send: say so
             how = "status" if code == 1000 else "ended_while_disconnected"
             return Ending(how, status, f"closed {code} {reason}".strip())
-        if code == 1008:
-            return Ending("refused", status, f"closed 1008 {reason}".strip())
+        if code == 1008 and status != INITIATED:  # "initiated": not started yet, just retry
+            self._refused(reason, status)
         return None
+
+    def _refused(self, reason: str, status: str) -> None:
+        """A 1008 while REST does not say the conversation is over (in progress, or REST
+        refuses too: a bad key): a gap and an alarm, once per refusal streak."""
+        self.ctx.metrics.refused.inc()
+        if self._refusing:
+            return
+        self._refusing = True
+        log.error(
+            "monitor refused while the conversation is in progress; retrying",
+            conversation_id=self.conversation_id,
+            reason=reason,
+        )
+        self.ctx.metrics.gaps.inc()
+        self.ctx.lifecycle(self._record("gap", status, {"reason": "refused", "close": reason}))

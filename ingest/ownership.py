@@ -17,6 +17,7 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 from ingest.lifecycle import Observed
+from ingest.replay import DIGEST_SIZE
 
 ENDED_MEMORY = 4096  # ended conversation ids remembered per partition (announcements can lag)
 
@@ -33,14 +34,14 @@ class Conversation:
 
     agent_id: str | None
     first_offset: int | None  # offset of its first record read; None: known from REST only
-    history: list[bytes] | None = None  # hand-over from the previous owner, if any
+    history: bytes | None = None  # hand-over or checkpoints of the previous owner, if any
 
 
 @dataclass(slots=True)
 class PartitionState:
     live: dict[str, Conversation] = field(default_factory=dict)
     ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    catch_up_to: int = 0  # the partition's end offset when it was assigned
+    catch_up_to: int | None = None  # its end offset once known (asked after assignment)
     ready: bool = False  # read up to catch_up_to: its hand-over records are known
 
     def mark_ended(self, conversation_id: str) -> None:
@@ -49,6 +50,15 @@ class PartitionState:
         self.ended.move_to_end(conversation_id)
         while len(self.ended) > ENDED_MEMORY:
             self.ended.popitem(last=False)
+
+
+def _extended(history: bytes | None, more: bytes, start: int) -> bytes | None:
+    """A history with ``more`` put at frame ``start`` (a checkpoint continues a history)."""
+    if start == 0:
+        return more
+    if history is None or len(history) < start * DIGEST_SIZE:
+        return history  # the part before is unknown here: keep what we have
+    return history[: start * DIGEST_SIZE] + more
 
 
 class Ledger:
@@ -61,9 +71,22 @@ class Ledger:
     def partition(self, conversation_id: str) -> int:
         return partition_for(conversation_id, self.partitions)
 
-    def assign(self, partition: int, end_offset: int) -> None:
-        """A newly owned partition: its monitors start once it is read up to ``end_offset``."""
+    def assign(self, partition: int, end_offset: int | None = None) -> None:
+        """A newly owned partition: its monitors start once it is read up to its end offset.
+
+        The end offset may be learnt later (:meth:`catch_up`): ownership never depends on a
+        broker call that can fail inside a rebalance callback.
+        """
         self.owned[partition] = PartitionState(catch_up_to=end_offset)
+
+    def waiting(self) -> list[int]:
+        """Owned partitions whose end offset is still to be asked."""
+        return [p for p, s in self.owned.items() if s.catch_up_to is None]
+
+    def catch_up(self, partition: int, end_offset: int) -> None:
+        state = self.owned.get(partition)
+        if state is not None and state.catch_up_to is None:
+            state.catch_up_to = end_offset
 
     def revoke(self, partition: int) -> None:
         self.owned.pop(partition, None)
@@ -73,7 +96,7 @@ class Ledger:
         state = self.owned.get(partition)
         if state is None:
             return False
-        if not state.ready and position >= state.catch_up_to:
+        if not state.ready and state.catch_up_to is not None and position >= state.catch_up_to:
             state.ready = True
         return state.ready
 
@@ -95,7 +118,7 @@ class Ledger:
             conv.first_offset = offset
         conv.agent_id = conv.agent_id or seen.agent_id
         if seen.history is not None:
-            conv.history = seen.history
+            conv.history = _extended(conv.history, seen.history, seen.history_from)
 
     def discovered(self, conversation_id: str, agent_id: str | None) -> bool:
         """A conversation REST says is in progress: True when it is ours and new to us."""

@@ -36,7 +36,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-import convostream.kafka_compat  # noqa: F401 - must precede producers: idempotence on Tansu
 from convostream.logs import get_logger
 from ingest.metrics import Metrics
 
@@ -54,6 +53,7 @@ class Outgoing:
     key: bytes | None
     value: bytes
     born: float
+    acked: bool = False  # set once the broker acknowledged it
 
 
 # topic, partition, the batch, and its records in FIFO order
@@ -134,6 +134,7 @@ class Publisher:
         size = 0
         for record in records:
             size += len(record.value)
+            record.acked = True
             if record.born:
                 observe(now - record.born)
         self.records -= len(records)

@@ -1,28 +1,32 @@
-"""Replay de-duplication, stable event keys and gap detection for one conversation (sans-I/O).
+"""Replay alignment, stable event keys and gap detection for one conversation (sans-I/O).
 
-The upstream replays about the last 100 frames on every (re)connect, with no marker between
-replay and live frames, and frames carry no unique id. So:
+The upstream replays about the last ``replay_size`` frames on every (re)connect, in generation
+order, then streams live frames (which may arrive out of order). Frames carry no unique id and
+some legitimately repeat (chat deltas, status and metadata frames), so:
 
-* A frame's identity is its exact text plus its *occurrence*: how many identical texts this
-  conversation already had within the retained window. Two identical frames are two events;
-  ``event_key`` = hash(conversation, text, occurrence) is the same whichever collector computes
-  it, as long as both saw the earlier copies (always true for copies within one replay window).
-* After a reconnect, frames of the *replay burst* (the first ``replay_size`` frames, sent
-  back-to-back) that match an entry of the history still owed by the replay window are
-  duplicates. Only burst frames may consume that budget, so an identical frame that arrives
-  live is never mistaken for a replay.
-* The replay window is aligned on the first replayed frame when the history holds it; otherwise
-  the last ``replay_size`` frames are assumed to be the overlap.
-* If a burst overlaps nothing we had seen, frames between our last one and the oldest replayed
-  one may be lost: that is a gap, reported once per connection, never hidden.
-* A frame generated just before a reconnect but still in flight (the upstream sends
-  asynchronously, out of order) can come twice on the new connection: in the replay and live.
-  With ``echo_window`` > 0, a later frame identical to a frame the burst brought *new* is that
-  frame's echo if it arrives within ``echo_window`` seconds, once per such frame (the price: a
-  genuine repeat of such a frame inside that window is taken for an echo).
-* The history can be exported and seeded (:meth:`ReplayFilter.history`,
-  :meth:`ReplayFilter.seed`), so a collector taking a conversation over from another keeps
-  de-duplicating the replay against what the previous owner published.
+* **Identity** is (conversation, exact text, occurrence), where occurrence counts the earlier
+  copies of that text in the *whole* conversation. ``event_key`` = hash of the three, so the
+  n-th copy of a text gets the same key from every collector, however far apart the copies
+  are. Identical copies are interchangeable, so the labels 0..n-1 may be handed out in any
+  arrival order: what matters is that each copy gets one label and no label two copies.
+  The counts live in the history (every digest seen, in arrival order), which a hand-over or
+  a periodic checkpoint passes to the next owner (:meth:`ReplayFilter.history`,
+  :meth:`ReplayFilter.seed`).
+* **Replay bursts are buffered and aligned as a whole.** The burst ends at the upstream's
+  ``history_complete`` marker when the connection announced markers (``connected``), else
+  after ``replay_size`` frames or a quiet spell of ``burst_gap`` seconds. A burst shorter
+  than ``replay_size`` that ended on the marker is the whole conversation: exact. Otherwise the
+  window's start in our history is estimated from *anchors* (burst frames whose text we hold
+  exactly once, in the recent history): each gives "history position minus burst position",
+  and the median is taken. A burst copy is a duplicate only if a copy we hold sits at the same
+  place in the window, give or take ``slack`` frames (live frames overtake each other), so a
+  new frame identical to an older one is never taken for a replay unless the two are less
+  than ``slack`` frames apart at the window's edge: that case is undecidable without upstream
+  sequence numbers and is counted (:attr:`ReplayFilter.ambiguous`).
+* **Gaps.** A full replay window that matches nothing we hold, or a full window with no
+  history at all (a take-over without a hand-over or checkpoint, or a conversation found
+  late), may have missed frames: reported, never hidden.
+* Frames that arrive live are never matched against the history.
 
 Time is passed in (monotonic seconds), so every rule is testable without a clock.
 """
@@ -30,12 +34,13 @@ Time is passed in (monotonic seconds), so every rule is testable without a clock
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, deque
 from dataclasses import dataclass
+from statistics import median_low
 
 REPLAY_SIZE = 100
 DIGEST_SIZE = 16
-ALIGN_SLACK = 16  # how far out of order live frames may arrive, in frames
+ALIGN_SLACK = 8  # how far out of order live frames may arrive, in frames
+BURST_CAP = 4  # with markers, a burst longer than this many replay windows is closed anyway
 
 
 def frame_digest(raw: bytes) -> bytes:
@@ -55,169 +60,241 @@ def event_key(conversation_id: str, digest: bytes, occurrence: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with one frame."""
+    """What to do with one frame (verdicts come out in the order the frames went in)."""
 
     duplicate: bool
     replay: bool
-    occurrence: int
+    occurrence: int  # -1 for a duplicate
     connection_seq: int  # position on the connection, from 0
 
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A reconnect whose replay did not reach back to the frames we already had."""
+    """A replay that may not cover what was missed: ``reason`` says why."""
 
     replayed: int
     history: int
+    reason: str  # "no_overlap" or "no_history"
+
+
+Outcome = tuple[list[Verdict], Gap | None]
+NOTHING: Outcome = ([], None)
 
 
 class ReplayFilter:
     """Per-conversation state of the collector that owns it."""
 
     __slots__ = (
-        "_budget",
+        "_burst",
         "_burst_gap",
         "_counts",
-        "_echo",
-        "_echo_until",
-        "_echo_window",
-        "_history",
-        "_in_burst",
+        "_exact",
+        "_from_start",
         "_last_at",
-        "_matched",
+        "_log",
+        "_markers",
+        "_repeats",
         "_replay_size",
-        "_replayed",
         "_seq",
-        "_window",
+        "_slack",
+        "ambiguous",
         "gaps",
     )
 
     def __init__(
         self,
-        window: int = 256,
         replay_size: int = REPLAY_SIZE,
         burst_gap: float = 0.25,
-        echo_window: float = 0.0,
+        slack: int = ALIGN_SLACK,
     ) -> None:
-        if window < replay_size + ALIGN_SLACK:
-            raise ValueError("window must hold at least one replay and the alignment slack")
-        self._window = window
-        self._echo_window = echo_window
-        self._echo: Counter[bytes] | None = None
-        self._echo_until = 0.0
         self._replay_size = replay_size
         self._burst_gap = burst_gap
-        self._history: deque[bytes] = deque()
-        self._counts: Counter[bytes] = Counter()
-        self._budget: Counter[bytes] | None = None
-        self._in_burst = False
+        self._slack = slack
+        self._log = bytearray()  # every digest seen, arrival order
+        self._counts: dict[bytes, int] = {}
+        self._burst: list[tuple[bytes, int]] | None = None  # (digest, connection_seq)
+        self._markers = False
+        self._exact = False
+        self._from_start = True  # the history starts at the conversation's first frame
+        self._repeats = False  # some text came more than once
         self._last_at = 0.0
         self._seq = 0
-        self._replayed = 0
-        self._matched = 0
         self.gaps = 0
+        self.ambiguous = 0
 
-    def connected(self, now: float) -> Gap | None:
-        """A new connection: its burst starts with the first frame, however long that takes."""
-        gap = self._close_burst()
-        self._echo = None
-        self._in_burst = True
-        self._budget = None
+    # ----- connections ------------------------------------------------------------------------
+    def connected(self, now: float) -> Outcome:
+        """A new connection: what it sends first is its replay burst."""
+        out = self._close_burst()
+        self._burst = []
+        self._markers = False
         self._last_at = now
         self._seq = 0
-        self._replayed = 0
-        self._matched = 0
-        return gap
+        return out
 
-    def disconnected(self) -> Gap | None:
+    def disconnected(self) -> Outcome:
         return self._close_burst()
 
-    def history(self) -> list[bytes]:
-        """Digests of the retained frames, oldest first (what :meth:`seed` takes)."""
-        return list(self._history)
-
-    def seed(self, digests: list[bytes]) -> None:
-        """Start from another collector's history, before the first connection."""
-        for digest in digests[-self._window :]:
-            self._remember(digest)
-
-    def tick(self, now: float) -> Gap | None:
-        """Close the burst after a quiet spell, so a gap is reported without another frame."""
-        if self._in_burst and self._replayed and now - self._last_at > self._burst_gap:
+    def marker(self, kind: str, now: float) -> Outcome:
+        """A ``connected`` or ``history_complete`` control frame of the upstream."""
+        self._last_at = now
+        if kind == "connected":
+            self._markers = True
+            return NOTHING
+        if kind == "history_complete" and self._burst is not None:
+            self._exact = True
             return self._close_burst()
-        return None
+        return NOTHING
 
-    def observe(self, digest: bytes, now: float) -> tuple[Verdict, Gap | None]:
-        """Classify one frame (by its digest) that arrived at ``now``."""
+    @property
+    def pending(self) -> bool:
+        """Frames are held until the burst closes (call :meth:`tick` when the socket is quiet)."""
+        return bool(self._burst)
+
+    def tick(self, now: float) -> Outcome:
+        """Close a marker-less burst after a quiet spell, without waiting for another frame."""
+        if self._burst and not self._markers and now - self._last_at > self._burst_gap:
+            return self._close_burst()
+        return NOTHING
+
+    # ----- history ----------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Frames in the history."""
+        return len(self._log) // DIGEST_SIZE
+
+    def history(self, start: int = 0) -> bytes:
+        """The digests seen from frame ``start`` on, concatenated (what :meth:`seed` takes)."""
+        return bytes(self._log[start * DIGEST_SIZE :])
+
+    def seed(self, history: bytes) -> None:
+        """Start from another collector's history, before the first connection."""
+        for pos in range(0, len(history) - DIGEST_SIZE + 1, DIGEST_SIZE):
+            self._remember(history[pos : pos + DIGEST_SIZE])
+
+    # ----- frames -----------------------------------------------------------------------------
+    def observe(self, digest: bytes, now: float) -> Outcome:
+        """One frame: verdicts for it and for any buffered frames it releases, in order."""
+        verdicts: list[Verdict] = []
         gap = None
+        burst = self._burst
         if (
-            self._in_burst
-            and self._replayed
-            and (now - self._last_at > self._burst_gap or self._replayed >= self._replay_size)
+            burst
+            and not self._markers
+            and (now - self._last_at > self._burst_gap or len(burst) >= self._replay_size)
         ):
-            gap = self._close_burst()
+            verdicts, gap = self._close_burst()
+            burst = None
         self._last_at = now
         seq = self._seq
         self._seq += 1
-        replay = self._in_burst
-        echo = self._echo
-        if echo is not None:
-            if now > self._echo_until:
-                self._echo = None
-            elif echo[digest] > 0:
-                echo[digest] -= 1
-                return Verdict(True, False, -1, seq), gap
-        if replay:
-            self._replayed += 1
-            if self._budget is None:
-                self._budget = self._align(digest)
-            if self._budget[digest] > 0:
-                self._budget[digest] -= 1
-                self._matched += 1
-                return Verdict(True, True, -1, seq), gap
-        occurrence = self._counts[digest]
-        self._remember(digest)
-        if replay and self._echo_window > 0:
-            if self._echo is None:
-                self._echo = Counter()
-            self._echo[digest] += 1
-            self._echo_until = now + self._echo_window
-        return Verdict(False, replay, occurrence, seq), gap
+        if burst is not None:
+            burst.append((digest, seq))
+            if self._markers and len(burst) >= BURST_CAP * self._replay_size:
+                more, gap2 = self._close_burst()
+                verdicts.extend(more)
+                gap = gap or gap2
+            return verdicts, gap
+        verdicts.append(Verdict(False, False, self._remember(digest), seq))
+        return verdicts, gap
 
-    def _align(self, first: bytes) -> Counter[bytes]:
-        """The history entries the replay window still owes us.
+    # ----- alignment --------------------------------------------------------------------------
+    def _remember(self, digest: bytes) -> int:
+        """Append to the history; returns the occurrence (earlier copies of the same text)."""
+        n = self._counts.get(digest, 0)
+        self._counts[digest] = n + 1
+        if n:
+            self._repeats = True
+        self._log += digest
+        return n
 
-        The replay comes in generation order, the history in arrival order: frames that
-        overtook each other live sit up to ``ALIGN_SLACK`` places apart, so the window opens
-        that much before the first replayed frame.
-        """
-        size = len(self._history)
-        start = max(0, size - self._replay_size)
-        for pos in range(start, size):  # earliest copy inside the last replay_size frames
-            if self._history[pos] == first:
-                start = pos
-                break
-        start = max(0, start - ALIGN_SLACK)
-        return Counter(self._history[i] for i in range(start, size))
+    def _digest_at(self, pos: int) -> bytes:
+        return bytes(self._log[pos * DIGEST_SIZE : (pos + 1) * DIGEST_SIZE])
 
-    def _remember(self, digest: bytes) -> None:
-        self._history.append(digest)
-        self._counts[digest] += 1
-        if len(self._history) > self._window:
-            old = self._history.popleft()
-            left = self._counts[old] - 1
-            if left:
-                self._counts[old] = left
+    def _close_burst(self) -> Outcome:
+        burst, exact = self._burst, self._exact
+        self._burst = None
+        self._exact = False
+        if not burst:
+            return NOTHING
+        had = self.size
+        if exact and len(burst) < self._replay_size:
+            matched = self._match_all(burst)
+        else:
+            matched = self._match_window(burst)
+        verdicts = []
+        for (digest, seq), dup in zip(burst, matched, strict=True):
+            if dup:
+                verdicts.append(Verdict(True, True, -1, seq))
             else:
-                del self._counts[old]
-
-    def _close_burst(self) -> Gap | None:
-        if not self._in_burst:
-            return None
-        self._in_burst = False
-        self._budget = None
-        had = len(self._history) - (self._replayed - self._matched)
-        if self._replayed and had > 0 and self._matched == 0:
+                verdicts.append(Verdict(False, True, self._remember(digest), seq))
+        gap = None
+        thin = 0 < sum(matched) <= self._slack
+        if len(burst) >= self._replay_size and thin and self._repeats:
+            self.ambiguous += 1  # a thin overlap: it may be a repeat, the window not ours
+        if len(burst) >= self._replay_size and not any(matched):
             self.gaps += 1
-            return Gap(replayed=self._replayed, history=had)
-        return None
+            gap = Gap(len(burst), had, "no_overlap" if had else "no_history")
+            if not had:
+                self._from_start = False
+        return verdicts, gap
+
+    def _match_all(self, burst: list[tuple[bytes, int]]) -> list[bool]:
+        """The burst is the whole conversation: the first copies of each text are the seen ones."""
+        used: dict[bytes, int] = {}
+        out = []
+        for digest, _ in burst:
+            j = used.get(digest, 0)
+            used[digest] = j + 1
+            out.append(j < self._counts.get(digest, 0))
+        return out
+
+    def _match_window(self, burst: list[tuple[bytes, int]]) -> list[bool]:
+        """Match burst copies to held copies that sit at the same place in the window."""
+        slack = self._slack
+        size = self.size
+        first = max(0, size - self._replay_size - 2 * slack)
+        where: dict[bytes, list[int]] = {}
+        for pos in range(first, size):
+            where.setdefault(self._digest_at(pos), []).append(pos)
+        in_burst: dict[bytes, int] = {}
+        for digest, _ in burst:
+            in_burst[digest] = in_burst.get(digest, 0) + 1
+        lowest = size - len(burst) - slack  # we hold at most the window's frames, and slack
+        if self._from_start:
+            lowest = max(lowest, 0)  # the window cannot start before the conversation
+        estimates = [
+            where[d][0] - b
+            for b, (d, _) in enumerate(burst)
+            if in_burst[d] == 1 and self._counts.get(d, 0) == 1 and d in where
+        ]
+        estimates = [e for e in estimates if lowest <= e <= size]
+        if estimates:
+            start = median_low(estimates)
+        else:  # only repeated texts overlap: the copies we hold fill the window's head
+            held: dict[bytes, int] = {}
+            for pos in range(max(0, size - len(burst) - slack), size):
+                d = self._digest_at(pos)
+                held[d] = held.get(d, 0) + 1
+            overlap = sum(min(n, held.get(d, 0)) for d, n in in_burst.items())
+            start = size - overlap
+            if overlap:
+                self.ambiguous += 1  # no text to anchor on: a repeat may pass for a replay
+        out = []
+        cursor: dict[bytes, int] = {}
+        for b, (digest, _) in enumerate(burst):
+            spots = where.get(digest)
+            if spots is None:
+                out.append(False)
+                continue
+            i = cursor.get(digest, 0)
+            while i < len(spots) and spots[i] - start < b - slack:
+                i += 1  # held copy well before this one's place: an earlier occurrence
+            hit = i < len(spots) and spots[i] - start <= b + slack
+            if hit:
+                if spots[i] < start and (in_burst[digest] > 1 or self._counts[digest] > 1):
+                    self.ambiguous += 1  # a repeated text matched across the window's edge
+                i += 1
+            cursor[digest] = i
+            out.append(hit)
+        return out

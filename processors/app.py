@@ -4,24 +4,29 @@ Faust's per-message path (a task pair per message in the fetcher, then conductor
 and stream per message) costs more than all of the metric work, so the hot topics skip it:
 
 1. ``convai.monitor.events`` and ``convai.conversations`` (both keyed and partitioned by
-   conversation) are subscribed through Faust's conductor, but :meth:`Processor._drain` takes the
-   place of the consumer's fetch loop: it hands each ``getmany`` batch of those topics to the
-   conversation stage whole and acks the messages afterwards (other topics go through Faust's
-   normal per-message path). Per batch it reads the needed fields of the raw Avro bytes
-   (:class:`processors.events.HeadReader`; a full decode only for tool responses and other
-   records), folds them into each conversation's order-independent state
-   (:mod:`processors.conversation`), then, in one producer round trip with the SQL upsert
-   running alongside, forwards the first-seen events to the agent-keyed internal topic (one
-   record per agent and batch) and emits the touched rows to the compacted
+   conversation) are subscribed through Faust's conductor, but
+   :func:`processors.faust_glue.replace_drain` takes the place of the consumer's fetch loop:
+   it hands each ``getmany`` batch of those topics to the conversation stage whole and acks
+   the messages afterwards (other topics go through Faust's normal per-message path; every
+   Faust internal used is in :mod:`processors.faust_glue`). Per batch it reads the needed
+   fields of the raw Avro bytes (:class:`processors.events.HeadReader`; a full decode only for
+   tool responses and other records), folds them into each conversation's order-independent
+   state (:mod:`processors.conversation`), then, in one producer round trip with the SQL
+   upsert running alongside, forwards the first-seen events to the agent-keyed internal topic
+   (one record per agent and batch) and emits the touched rows to the compacted
    ``convai.metrics.conversations``; only then does it write each touched state once to the
    ``conversations`` table (changelogged). The fetch wait is shortened (see
-   :meth:`Processor._shorten_fetch_wait`): it, not the work, set the SQL latency tail.
+   :func:`processors.faust_glue.shorten_fetch_wait`): it, not the work, set the SQL latency
+   tail.
 2. the ``agent-windows`` agent (an ordinary Faust agent with ``take_events``: its topic carries
    one record per agent and batch) reads that internal topic into per-agent window state
    (:mod:`processors.windows`), routes late events to ``convai.events.late``, and emits final
-   windows to ``convai.metrics.agent-windows`` and SQL. The leader sends one tick per internal
-   partition every second, so idle windows close by wall clock inside the stream, where the
-   table knows which partition it writes to.
+   windows to ``convai.metrics.agent-windows`` and SQL. Every worker sends one tick per
+   internal partition every second, reporting the source partitions it has forwarded up to
+   their high-water marks; idle windows close by the least such time over all source
+   partitions (:class:`processors.windows.SourceProgress`), inside the stream, where the table
+   knows which partition it writes to. A restarted or lagging worker thus holds idle closing
+   back until it has caught up instead of turning its backlog into late events.
 
 Both stages ack a batch only after every write of it is done, so a committed offset always
 lies behind state that is in the changelog.
@@ -35,16 +40,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import CredentialsT as Credentials
 from mode import Service
 
+from convostream.broker import create_missing
+from convostream.cluster import default_replication_sync
+from convostream.kafka_security import KafkaSecurity
 from convostream.logs import get_logger
 from processors import forward
 from processors.conversation import ConversationState
@@ -55,12 +63,16 @@ from processors.events import (
     HeadReader,
     from_record,
 )
-from processors.metrics import Metrics
+from processors.faust_glue import check_versions, raw_table, replace_drain
+from processors.faust_glue import in_partition_of as _in_partition_of
+from processors.finished import FinishedConversations
+from processors.metrics import ProcessorMetrics
 from processors.settings import ProcessorSettings
 from processors.sink import Sink
-from processors.windows import AgentWindows, Outcome, WindowConfig, WindowEvent
-from schemas.avro_schemas import now_micros
-from schemas.serde import Serde, SerdeError
+from processors.windows import AgentWindows, Outcome, SourceProgress, WindowConfig, WindowEvent
+from schemas.clock import now_micros
+from schemas.registry import registry_from_settings
+from schemas.serde import Serde, SerdeError, UnknownSchemaId
 from schemas.topics import (
     CONVERSATIONS,
     EVENTS_LATE,
@@ -72,6 +84,7 @@ from schemas.topics import (
 log = get_logger(__name__)
 
 FORWARD_PARTITIONS = 6
+_WRITES = (METRICS_CONVERSATIONS, METRICS_AGENT_WINDOWS)  # events.late gets MonitorEvent bytes
 _CACHE_LIMIT = 200_000  # cached states per worker; beyond it the cache starts over from tables
 # bytes in, bytes out: Faust would otherwise decode raw values as UTF-8 text
 _RAW: dict[str, Any] = {
@@ -82,30 +95,52 @@ _RAW: dict[str, Any] = {
 }
 
 
-@contextlib.contextmanager
-def _in_partition_of(event: Any) -> Iterator[None]:
-    """Make table reads and writes go to ``event``'s partition.
-
-    Faust picks a table's store and changelog partition from the *current* event, which inside
-    a batch is whichever event came last; each key's own event must be current instead.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
-    """A table of bytes keys and values (tables otherwise JSON-encode anything not a Record)."""
-    table: Any = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
-    table.key_serializer = table.value_serializer = "raw"  # read when the store is created
-    return table
-
-
 def _index_key(partition: int) -> bytes:
     """Reserved table key of a partition's agent list (agent ids never start with NUL)."""
     return b"\x00agents:%d" % partition
+
+
+def _progress_key(partition: int) -> bytes:
+    """Reserved table key of a partition's :class:`SourceProgress`."""
+    return b"\x00progress:%d" % partition
+
+
+def _replication(settings: ProcessorSettings) -> dict[str, Any]:
+    """Internal topics, standbys and recovery checks for the broker in use.
+
+    Apache Kafka: internal topics replicated like the cluster's own, one standby (Faust's
+    default) and Faust's recovery consistency check. With ``CONVOSTREAM_BROKER_COMPAT=tansu``
+    (one node, in memory): one replica and no standby; and no consistency check, because after
+    a SIGKILL the local RocksDB may record a changelog offset beyond the highwater Tansu
+    reports and Faust would refuse to start (a store ahead of its changelog only holds events
+    replayed anyway, as their source offsets were not committed, and states are idempotent).
+    """
+    if settings.tansu:
+        return {
+            "topic_replication_factor": 1,
+            "table_standby_replicas": 0,
+            "recovery_consistency_check": False,
+        }
+    replicas = settings.processor_replication_factor
+    if replicas is None:
+        replicas = default_replication_sync(settings.kafka_bootstrap, settings.kafka_security())
+    return {"topic_replication_factor": replicas}
+
+
+def broker_credentials(security: KafkaSecurity) -> Credentials | None:
+    """Faust's form of the TLS and SASL options every other client gets as keywords."""
+    context = security.ssl_context()
+    if security.sasl:
+        password = security.password.get_secret_value() if security.password else None
+        return SASLCredentials(
+            username=security.username,
+            password=password,
+            ssl_context=context,
+            mechanism=security.mechanism,
+        )
+    if context is not None:
+        return SSLCredentials(context)
+    return None
 
 
 def _store_url(choice: str) -> str:
@@ -128,53 +163,71 @@ class _Source:
 
 
 class _Conversation:
-    """A cached state, the event that tells its partition, latencies already observed."""
+    """A cached state and the event that tells its partition."""
 
-    __slots__ = ("event", "observed", "state")
+    __slots__ = ("event", "state")
 
     def __init__(self, state: ConversationState, event: Any) -> None:
         self.state = state
         self.event = event
-        self.observed: set[int] = set()
 
 
 class SinkService(Service):
-    """Opens the SQL store before the agents write and closes it after they stop."""
+    """Opens the SQL store and readies the ids of the schemas written (registering or looking
+    them up) before the agents write; closes both after they stop."""
 
-    def __init__(self, sink: Sink, **kwargs: Any) -> None:
+    def __init__(
+        self, sink: Sink, serde: Serde, prepare: Callable[[], Awaitable[None]], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.sink = sink
+        self.serde = serde
+        self._prepare = prepare
         self.ready = asyncio.Event()
 
     async def on_start(self) -> None:
+        await self._prepare()
         await self.sink.start()
         self.ready.set()
 
     async def on_stop(self) -> None:
         await self.sink.close()
+        await self.serde.close()
 
 
 class Processor:
     """The Faust app and its agents, tables, timer and lookup page."""
 
-    def __init__(self, settings: ProcessorSettings, sink: Sink, metrics: Metrics) -> None:
+    def __init__(self, settings: ProcessorSettings, sink: Sink, metrics: ProcessorMetrics) -> None:
+        check_versions()
         self.settings = settings
         self.metrics = metrics
-        self.serde = Serde()
-        self._head = HeadReader(self.serde.registry.writer_id("MonitorEvent"))
+        self.serde = Serde(
+            registry_from_settings(
+                settings.schema_registry_url,
+                lookup_only=settings.schema_registry_lookup_only,
+                access=settings.registry_access(),
+            )
+        )
+        self._head = HeadReader()
         self.window_config = WindowConfig.seconds(
             settings.processor_window_seconds,
             settings.processor_grace_seconds,
             settings.processor_idle_seconds,
+            max_future=settings.processor_max_future_seconds,
         )
         prefix = settings.topic_prefix
         batch = settings.processor_batch_size
+        # Faust creates only the last level of its data directory: a fresh checkout has no var/
+        settings.processor_data_dir.mkdir(parents=True, exist_ok=True)
         self.app = app = faust.App(
             f"{prefix}{settings.processor_app_id}",
             broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+            broker_credentials=broker_credentials(settings.kafka_security()),
             store=_store_url(settings.processor_store),
             datadir=str(settings.processor_data_dir),
             consumer_auto_offset_reset="earliest",
+            **_replication(settings),
             # Join in seconds, not Faust's 30 s (README, embedded broker): Tansu holds every
             # JoinGroup for half a session and keeps a killed member for a whole one.
             broker_session_timeout=settings.group_session_timeout_ms / 1000,
@@ -182,19 +235,27 @@ class Processor:
             broker_rebalance_timeout=settings.group_session_timeout_ms / 1000 * 2,
             broker_max_poll_records=batch,
             stream_buffer_maxsize=2 * batch,
-            table_standby_replicas=0,
-            # After a SIGKILL the local RocksDB may have recorded a changelog offset beyond the
-            # highwater the embedded broker reports, and Faust would refuse to start. A store
-            # ahead of its changelog only holds events that are replayed anyway (their source
-            # offsets were not committed), and states are idempotent, so starting is safe.
-            recovery_consistency_check=False,
             web_enabled=settings.processor_web_port > 0,
             web_port=settings.processor_web_port or 6066,
             web_bind=settings.processor_web_host,
             web_host=settings.processor_web_host,
         )
-        self.sink_service = SinkService(sink)
+        self.sink_service = SinkService(
+            sink,
+            self.serde,
+            lambda: self.serde.registry.prepare(_WRITES, prefix),
+        )
         app.service(self.sink_service)  # type: ignore[arg-type]
+        if settings.processor_transcripts:
+            finished = FinishedConversations(
+                settings.kafka_bootstrap,
+                settings.kafka_security(),
+                prefix,
+                sink,
+                self.serde,
+                self.sink_service.ready,
+            )
+            app.service(finished)  # type: ignore[arg-type]
         self.source = app.topic(
             MONITOR_EVENTS.full_name(prefix), CONVERSATIONS.full_name(prefix), **_RAW
         )
@@ -204,18 +265,26 @@ class Processor:
         self.metrics_topic = app.topic(METRICS_CONVERSATIONS.full_name(prefix), **_RAW)
         self.windows_topic = app.topic(METRICS_AGENT_WINDOWS.full_name(prefix), **_RAW)
         self.late_topic = app.topic(EVENTS_LATE.full_name(prefix), **_RAW)
-        self.conversations = _raw_table(app, "conversations", MONITOR_EVENTS.partitions)
-        self.agents = _raw_table(app, "agent-windows", FORWARD_PARTITIONS)
+        self.conversations = raw_table(app, "conversations", MONITOR_EVENTS.partitions)
+        self.agents = raw_table(app, "agent-windows", FORWARD_PARTITIONS)
         self._conv_cache: dict[str, _Conversation] = {}
         self._agent_cache: dict[str, tuple[AgentWindows, Any]] = {}
         self._agent_index: dict[int, set[str]] = {}
+        self._progress: dict[int, SourceProgress] = {}
+        self._forwarded: dict[Any, int] = {}  # source partition -> last offset handed on
         self._live: dict[str, set[str]] = defaultdict(set)
         self._lag: dict[Any, int] = {}
-        app.topics.add(self.source)  # subscribed and acked by Faust, fetched by _drain
-        self._source_names = set(self.source.topics)
-        app.consumer._drain_messages = self._drain  # type: ignore[attr-defined]
+        app.topics.add(self.source)  # subscribed and acked by Faust, fetched by replace_drain
+        self.monitor_topic_name = MONITOR_EVENTS.full_name(prefix)
+        replace_drain(
+            app,
+            self.source.topics,
+            self._source_batch,
+            ready=self.sink_service.ready,
+            fetch_wait_ms=settings.fetch_wait_ms(settings.processor_fetch_wait_ms),
+        )
         app.agent(self.forward_topic, name="agent-windows")(self._window_agent)
-        app.timer(1.0, on_leader=True)(self._tick)
+        app.timer(1.0)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         processor = self
 
@@ -223,79 +292,55 @@ class Processor:
             return processor._lookup(view, conversation_id)
 
         app.page("/conversations/{conversation_id}/")(lookup)
+        if not settings.tansu:
+            asyncio.run(
+                create_missing(
+                    settings.kafka_bootstrap,
+                    self._internal_topics(),
+                    app.conf.topic_replication_factor,
+                    settings.kafka_security(),
+                )
+            )
+
+    def _internal_topics(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """The topics Faust declares, as it would declare them.
+
+        Faust creates them just before its consumer joins the group. On Kafka, a topic created
+        after the consumer last fetched metadata is missing from the assignment ("Ignoring
+        missing topic") until a metadata refresh minutes later: its table or agent gets no
+        partitions meanwhile. Created here first, every topic is in the first assignment.
+        """
+        leader = self.app.topic(f"{self.app.conf.id}-__assignor-__leader", partitions=1)
+        channels: list[Any] = [leader, self.forward_topic]
+        channels += [t.changelog_topic for t in (self.conversations, self.agents)]
+        out: dict[str, tuple[int, dict[str, str]]] = {}
+        for topic in channels:
+            policy = ",".join(
+                p for p, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on
+            )
+            configs = {"cleanup.policy": policy} if policy else {}
+            out[topic.get_topic_name()] = (topic.partitions, configs)
+        return out
 
     async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """States of partitions this worker may no longer own must be re-read from tables."""
         self._conv_cache.clear()
         self._agent_cache.clear()
         self._agent_index.clear()
+        self._progress.clear()
+        self._forwarded.clear()
 
     # --- stage 1: conversations --------------------------------------------------------------
 
-    async def _drain(self, fetcher: Any) -> None:
-        """Replaces ``Consumer._drain_messages``: source topics in batches, the rest as usual.
-
-        Kept from Faust's loop: messages before the read offset (re-fetched after a seek) are
-        dropped, holes in the offsets (compaction, transaction markers) are recorded as gaps so
-        commits can pass them, and batch messages are tracked as unacked, so a rebalance or a
-        shutdown (``Consumer.wait_empty``) waits until the batch in flight is written and acked
-        (tracking its last message is enough for that, and costs one WeakSet entry per batch).
-        """
-        consumer: Any = self.app.consumer  # Consumer internals, not on the ConsumerT interface
-        read_offsets = consumer._read_offset
-        unacked = consumer._unacked_messages
-        stopped = consumer._stopped.is_set
-        fetcher_stopped = fetcher._stopped.is_set
-        self._shorten_fetch_wait(consumer)
-        await self.sink_service.ready.wait()
-        try:
-            while not (stopped() or fetcher_stopped()):
-                await asyncio.sleep(0)  # getmany may not yield to the loop on its own
-                batch = []
-                async for tp, message in consumer.getmany(timeout=1.0):
-                    offset = read_offsets[tp]
-                    if offset is not None:
-                        if message.offset < offset:
-                            continue  # re-fetched after a seek: already handed on
-                        if message.offset - offset > 1:
-                            await consumer._add_gap(tp, offset + 1, message.offset)
-                    read_offsets[tp] = message.offset
-                    if tp.topic in self._source_names:
-                        batch.append(message)
-                    else:
-                        await consumer.callback(message)
-                if batch:
-                    started = time.perf_counter()
-                    last = batch[-1]  # one tracked message keeps wait_empty waiting
-                    unacked.add(last)
-                    try:
-                        await self._conversation_batch(batch)
-                    except BaseException:  # stopped or failed: replayed from the last commit
-                        unacked.discard(last)
-                        raise
-                    ack = consumer.ack
-                    for message in batch:
-                        ack(message)
-                    self.metrics.batch_seconds.labels("conversations").observe(
-                        time.perf_counter() - started
-                    )
-        except consumer.consumer_stopped_errors:
-            if not self.app.should_stop:
-                raise
-
-    def _shorten_fetch_wait(self, consumer: Any) -> None:
-        """Bound the long poll (Faust fixes ``fetch_max_wait_ms`` at 1,500).
-
-        Measured (bench/process.py, per-batch trace): with the embedded broker a poll that
-        finds no new data is answered only at its deadline, so at 5,000 events/s every second
-        or so the fetcher sat 0.3-0.6 s on an empty poll while events piled up, which set the
-        SQL latency tail. aiokafka reads the value per fetch request.
-        """
-        try:
-            fetcher = consumer._thread._consumer._fetcher
-            fetcher._fetch_max_wait_ms = self.settings.processor_fetch_wait_ms
-        except AttributeError:  # another transport, or not started: Faust's wait stays
-            log.warning("could not shorten the consumer's fetch wait")
+    async def _source_batch(self, batch: list[Any]) -> None:
+        """One ``getmany`` batch of the source topics, acked by ``replace_drain`` right after
+        (no await in between, so ``_forwarded`` moves with the acks)."""
+        started = time.perf_counter()
+        await self._conversation_batch(batch)
+        forwarded = self._forwarded
+        for message in batch:
+            forwarded[message.tp] = message.offset
+        self.metrics.batch_seconds.labels("conversations").observe(time.perf_counter() - started)
 
     def _conversation(self, cid: str, event: Any) -> _Conversation:
         entry = self._conv_cache.get(cid)
@@ -324,11 +369,16 @@ class Processor:
             event = head(value)  # most events: their leading fields are enough
             if event is None:
                 try:
-                    name, record, _ = decode(value)
+                    try:
+                        name, record, schema_id = decode(value)
+                    except UnknownSchemaId:  # first record of a registry id: look it up
+                        name, record, schema_id = await self.serde.resolve(value)
                 except SerdeError as exc:
                     log.warning("undecodable record skipped", topic=message.topic, error=str(exc))
                     continue
                 if name == "MonitorEvent":
+                    if self.serde.is_current(schema_id, name):
+                        self._head.learn(schema_id)
                     event = from_record(record)
                 elif name == "ConversationLifecycle" and record["state"] == "ended":
                     cid = record["conversation_id"]
@@ -375,7 +425,9 @@ class Processor:
         try:
             forward_send, metrics_send = self.forward_topic.send, self.metrics_topic.send
             sent = [
-                await forward_send(key=agent.encode(), value=forward.encode(agent, part, items))
+                await forward_send(
+                    key=agent.encode(), value=forward.encode(agent, part, now, items)
+                )
                 for (agent, part), items in forwards.items()
             ]
             encode = self.serde.encode
@@ -398,10 +450,9 @@ class Processor:
     def _observe(self, entry: _Conversation, latencies: dict[int, int]) -> None:
         state = entry.state
         agent = state.agent_id or "unknown"
-        for key, micros in latencies.items():
-            if key not in entry.observed:
-                entry.observed.add(key)
-                self.metrics.response_latency.labels(agent).observe(micros / 1e6)
+        histogram = self.metrics.response_latency.labels(agent)
+        for micros in state.unobserved(latencies):
+            histogram.observe(micros / 1e6)
         live = self._live[agent]
         if state.ended:
             live.discard(state.conversation_id)
@@ -432,9 +483,41 @@ class Processor:
     # --- stage 2: agent windows --------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """One tick per internal partition, so idle windows close on every partition."""
+        """One progress report per internal partition, so idle windows close on every partition.
+
+        It carries this clock's time for each source partition this worker has handed on up to
+        its high-water mark, and the window stage closes by those times rather than its own
+        clock: a replay of the partition closes the same windows at the same messages.
+        """
+        consumer: Any = self.app.consumer
+        topic = self.monitor_topic_name
+        partitions = consumer.topic_partitions(topic)
+        if not partitions or self.app.in_recovery:
+            return
+        now = now_micros()
+        times = {
+            tp.partition: now
+            for tp in consumer.assignment()
+            if tp.topic == topic and self._caught_up(consumer, tp)
+        }
+        if not times:
+            return
+        value = forward.encode_tick(partitions, times)
         for partition in range(FORWARD_PARTITIONS):
-            await self.forward_topic.send(key=None, value=b"", partition=partition)
+            await self.forward_topic.send(key=None, value=value, partition=partition)
+
+    def _caught_up(self, consumer: Any, tp: Any) -> bool:
+        """Whether every record of source partition ``tp`` below its last fetched high-water
+        mark has been handed on (the monitor events topic has no transaction markers, so the
+        last offset is high-water - 1)."""
+        highwater = consumer.highwater(tp)  # None until a fetch of this assignment answered
+        if highwater is None:
+            return False
+        done = self._forwarded.get(tp)
+        if done is not None:
+            return bool(done >= highwater - 1)
+        position = consumer._read_offset[tp]  # set by the seek to the committed offset
+        return bool(highwater == 0 or (position is not None and position >= highwater))
 
     async def _window_agent(self, stream: Any) -> None:
         await self.sink_service.ready.wait()
@@ -467,43 +550,94 @@ class Processor:
             index = self._agent_index[partition] = set(orjson.loads(stored)) if stored else set()
         return index
 
+    def _source_progress(self, partition: int, event: Any) -> SourceProgress:
+        progress = self._progress.get(partition)
+        if progress is None:
+            with _in_partition_of(event):
+                stored = self.agents.get(_progress_key(partition))
+            progress = SourceProgress.from_bytes(stored) if stored else SourceProgress()
+            self._progress[partition] = progress
+        return progress
+
     async def _window_batch(self, batch: list[Any]) -> None:
         config = self.window_config
-        changed: dict[str, AgentWindows] = {}
+        changed: dict[str, AgentWindows] = {}  # agents whose state moved: only they are written
         late: list[tuple[str, str, bytes]] = []
+        clamped: dict[str, int] = defaultdict(int)
+        lagging: set[str] = set()  # agents whose window lag gauge a tick refreshes
         index_changed: dict[int, Any] = {}
+        progress_changed: dict[int, Any] = {}
         for fe in batch:
             message = fe.message
             index = self._index(message.partition, fe)
-            if message.key is None:  # a tick: every agent of this partition
+            if message.key is None:  # a tick: every agent of this partition, by the progress
+                report = forward.decode_tick(message.value or b"")
+                progress = self._source_progress(message.partition, fe)
+                low = progress.report(*report) if report is not None else None
+                if low is None:
+                    continue
+                progress_changed[message.partition] = fe
                 for agent_id in index:
-                    changed[agent_id] = self._agent(agent_id, fe)
+                    state = self._agent(agent_id, fe)
+                    if state.tick(low, config):
+                        changed[agent_id] = state
+                    lagging.add(agent_id)
                 continue
-            agent_id, items = forward.decode(message.value)
-            state = changed[agent_id] = self._agent(agent_id, fe)
+            agent_id, sent_at, items = forward.decode(message.value)
+            state = self._agent(agent_id, fe)
             if agent_id not in index:
                 index.add(agent_id)
                 index_changed[message.partition] = fe
             for event, value in items:
-                if state.accept(event, config) is Outcome.LATE:
+                bounded = config.clamp(event, sent_at)
+                if bounded is not event:
+                    clamped[agent_id] += 1
+                outcome = state.accept(bounded, config)
+                if outcome is Outcome.DUPLICATE:
+                    continue
+                changed[agent_id] = state
+                if outcome is Outcome.LATE:
                     late.append((agent_id, event.conversation_id, value))
-        if not changed:
-            return
         now = now_micros()
+        for agent_id in lagging | changed.keys():
+            event_time = self._agent_cache[agent_id][0].event_time
+            if event_time is not None:
+                self.metrics.window_lag.labels(agent_id).set((now - event_time) / 1e6)
+        if changed:
+            await self._emit_windows(changed, late, clamped)
+        # state after outputs: a crash in between replays the ticks, which close the same windows
+        for partition, fe in index_changed.items():
+            with _in_partition_of(fe):
+                self.agents[_index_key(partition)] = orjson.dumps(
+                    sorted(self._agent_index[partition])
+                )
+        for partition, fe in progress_changed.items():
+            with _in_partition_of(fe):
+                self.agents[_progress_key(partition)] = self._progress[partition].to_bytes()
+
+    async def _emit_windows(
+        self,
+        changed: dict[str, AgentWindows],
+        late: list[tuple[str, str, bytes]],
+        clamped: dict[str, int],
+    ) -> None:
+        """Windows made final and late events to their topics, open and final windows to SQL,
+        then the agents' states."""
+        config = self.window_config
         records = []  # for SQL: open windows, newly final ones, final ones with late events
-        finals = []  # for the topic: newly final windows only
+        finals = []  # for the topic: newly final windows only, as they were when they closed
         for agent_id, state in changed.items():
-            closed = set(state.advance(now, config))
+            final = state.take_final(config)
+            finals += final
+            records += final
             for start, window in state.windows.items():
-                if not window.final or start in closed or window.late:
-                    record = window.record(agent_id, start, config.size, now)
-                    records.append(record)
-                    if start in closed:
-                        finals.append(record)
-                        self.metrics.windows_emitted.labels(window.closed_by).inc()
-            if state.event_time is not None:
-                self.metrics.window_lag.labels(agent_id).set((now - state.event_time) / 1e6)
-        # outputs first, then state: a crash in between re-emits the same windows
+                if not window.final or window.late:
+                    records.append(
+                        window.record(agent_id, start, config.size, state.event_time or 0)
+                    )
+            for record in final:
+                self.metrics.windows_emitted.labels(record["closed_by"]).inc()
+        # outputs first, then state: a crash in between re-emits the same windows, byte for byte
         sent = [await self.late_topic.send(key=cid.encode(), value=value) for _, cid, value in late]
         sent += [
             await self.windows_topic.send(
@@ -516,14 +650,11 @@ class Processor:
         await self.sink_service.sink.write([], records)
         for agent_id, _, _ in late:
             self.metrics.late_events.labels(agent_id).inc()
+        for agent_id, n in clamped.items():
+            self.metrics.clamped_events.labels(agent_id).inc(n)
         for agent_id, state in changed.items():
             with _in_partition_of(self._agent_cache[agent_id][1]):
                 self.agents[agent_id.encode()] = state.to_bytes()
-        for partition, fe in index_changed.items():
-            with _in_partition_of(fe):
-                self.agents[_index_key(partition)] = orjson.dumps(
-                    sorted(self._agent_index[partition])
-                )
 
     # --- lookups -----------------------------------------------------------------------------
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+import signal
+import sys
 from typing import Any
 
 import click
 
 from convostream import runtime
+from convostream.ops import Health
 from convostream.settings import load_settings, settings_options
 from processors.settings import ProcessorSettings
 
@@ -28,20 +31,44 @@ def process(**values: Any) -> None:
     Run several with the same --processor-app-id to share the partitions.
     """
     settings = load_settings(ProcessorSettings, values)
-    runtime.setup(settings)
+    runtime.setup(settings, (settings.database_password(),))
+    from processors.health import CONDITIONS, HealthService
+    from processors.metrics import ProcessorMetrics
+
+    metrics = ProcessorMetrics()
+    health = Health("processor")
+    health.declare(*CONDITIONS)
+    runtime.serve_ops(settings.metrics_port, health, metrics.registry)
+    runtime.await_dependencies(settings, health)
+    # Until Faust installs its own handlers (a graceful stop), a stop exits cleanly at once.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     import faust
 
     from processors.app import Processor
-    from processors.metrics import Metrics
     from processors.sink import open_sink
 
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port)
-    processor = Processor(settings, open_sink(settings.database_url), metrics)
-    worker = faust.Worker(
-        processor.app, loglevel=settings.log_level, override_logging=False, quiet=True
-    )
+    sink = open_sink(settings.database_url)
+    processor = Processor(settings, sink, metrics)
+    processor.app.service(HealthService(processor.app, health, settings, sink))  # type: ignore[arg-type]
+    if settings.processor_window_retention_days:
+        from processors.retention import RetentionService
+
+        retention = RetentionService(sink, settings.processor_window_retention_days)
+        processor.app.service(retention)  # type: ignore[arg-type]
+
+    class Worker(faust.Worker):
+        async def on_first_start(self) -> None:
+            self.heartbeat = health.start_heartbeat()  # alive from the loop's first moment
+            await super().on_first_start()
+
+        def _schedule_shutdown(self, signal: Any) -> None:
+            """Faust drains gracefully on SIGTERM; this bounds how long that may take."""
+            if not self._signal_stop_time:
+                runtime.arm_stop_watchdog(settings.shutdown_timeout)
+            super()._schedule_shutdown(signal)
+
+    worker = Worker(processor.app, loglevel=settings.log_level, override_logging=False, quiet=True)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     worker.execute_from_commandline()

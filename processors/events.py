@@ -10,12 +10,24 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-USER_TRANSCRIPT = "user_transcript"
-AGENT_RESPONSE = "agent_response"
-INTERRUPTION = "interruption"
-CORRECTION = "agent_response_correction"
-TOOL_RESPONSE = "agent_tool_response"
-END_CALL = "end_call"
+from schemas.avro_head import LearntLayout, read_event_identity, read_long, read_optional
+from schemas.event_types import (
+    AGENT_RESPONSE,
+    CORRECTION,
+    END_CALL,
+    INTERRUPTION,
+    TOOL_RESPONSE,
+    USER_TRANSCRIPT,
+)
+
+__all__ = [
+    "AGENT_RESPONSE",
+    "CORRECTION",
+    "END_CALL",
+    "INTERRUPTION",
+    "TOOL_RESPONSE",
+    "USER_TRANSCRIPT",
+]
 
 
 class Event(NamedTuple):
@@ -59,67 +71,31 @@ def from_record(record: Mapping[str, Any]) -> Event:
     )
 
 
-def _varlong(data: bytes, pos: int) -> tuple[int, int]:
-    """An Avro ``long`` (zig-zag varint) at ``pos``: (value, next position)."""
-    byte = data[pos]
-    pos += 1
-    n = byte & 0x7F
-    shift = 7
-    while byte & 0x80:
-        byte = data[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
-
-
-def _string(data: bytes, pos: int) -> tuple[str, int]:
-    size, pos = _varlong(data, pos)
-    end = pos + size
-    if size < 0 or end > len(data):
-        raise IndexError("string beyond the datum")
-    return data[pos:end].decode(), end
-
-
-class HeadReader:
+class HeadReader(LearntLayout):
     """Reads an :class:`Event` from the leading fields of a MonitorEvent datum, skipping the rest.
 
     Measured (bench/process.py, py-spy): the full Avro decode was the largest single cost of
     the processor, most of it spent building ``raw`` and ``payload``, which the metrics need
     only for ``agent_tool_response``. The first six fields of the current MonitorEvent schema
     (``event_key``, ``conversation_id``, ``agent_id``, ``type``, ``upstream_event_id``,
-    ``received_at``) are all the other types need. :meth:`read` returns ``None`` whenever
-    this does not apply (another schema id, a tool response, bytes that do not parse), and
-    the caller decodes fully, which also reports malformed records.
+    ``received_at``) are all the other types need. Which schema ids have that layout is
+    learnt (:meth:`learn`) from full decodes, so pinned and registry ids work alike.
+    :meth:`read` returns ``None`` whenever this does not apply (an id not learnt, a tool
+    response, bytes that do not parse), and the caller decodes fully, which also reports
+    malformed records.
     """
 
-    __slots__ = ("header",)
-
-    def __init__(self, schema_id: int) -> None:
-        self.header = b"\x00" + schema_id.to_bytes(4, "big")
+    __slots__ = ()
 
     def read(self, data: bytes | None) -> Event | None:
-        if not data or data[:5] != self.header:  # None: a tombstone of a compacted topic
+        if not data or not self.knows(data):  # None: a tombstone of a compacted topic
             return None
         try:
-            event_key, pos = _string(data, 5)
-            conversation_id, pos = _string(data, pos)
-            branch, pos = _varlong(data, pos)
-            agent_id: str | None = None
-            if branch == 1:
-                agent_id, pos = _string(data, pos)
-            elif branch != 0:
-                return None
-            etype, pos = _string(data, pos)
+            event_key, conversation_id, agent_id, etype, pos = read_event_identity(data)
             if etype == TOOL_RESPONSE:
                 return None  # is_error and tool_name are in the payload
-            branch, pos = _varlong(data, pos)
-            event_id: int | None = None
-            if branch == 1:
-                event_id, pos = _varlong(data, pos)
-            elif branch != 0:
-                return None
-            received_at, pos = _varlong(data, pos)
+            event_id, pos = read_optional(data, pos, read_long)
+            received_at, pos = read_long(data, pos)
         except (IndexError, UnicodeDecodeError):
             return None
         return Event(event_key, conversation_id, agent_id, etype, event_id, received_at)

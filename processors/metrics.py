@@ -6,13 +6,13 @@ inflate them beyond what a counter reset already implies.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _P = "convostream_"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 
-class Metrics:
+class ProcessorMetrics:
     """Every metric of one processor worker, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -54,6 +54,13 @@ class Metrics:
             ["agent"],
             registry=r,
         )
+        self.clamped_events = Counter(
+            _P + "window_clamped_events",
+            "Events whose received_at lay more than the allowed bound ahead of the processor's "
+            "clock (a collector clock in the future); windowed at the bound instead.",
+            ["agent"],
+            registry=r,
+        )
         self.windows_emitted = Counter(
             _P + "windows_emitted",
             "Final agent windows emitted, by close reason.",
@@ -77,8 +84,3 @@ class Metrics:
             ["stage"],
             registry=r,
         )
-
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` (a daemon thread), unless ``port`` is 0."""
-        if port:
-            start_http_server(port, registry=self.registry)

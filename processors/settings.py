@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from convostream.settings import CommonSettings
+from convostream.settings import OpsSettings
 
 
-class ProcessorSettings(CommonSettings):
+class ProcessorSettings(OpsSettings):
     database_url: str = Field(
         "sqlite:///var/convostream.db",
         description="SQL store for aggregates: postgresql://... or sqlite:///path.",
-    )
-    metrics_port: int = Field(
-        0, ge=0, description="Port of the Prometheus /metrics endpoint (0: off)."
     )
     processor_app_id: str = Field(
         "convostream-processors",
@@ -24,15 +23,21 @@ class ProcessorSettings(CommonSettings):
     processor_data_dir: Path = Field(
         Path("var/processors"), description="Faust data directory (RocksDB tables)."
     )
-    processor_store: str = Field(
+    processor_store: Literal["auto", "rocksdb", "memory"] = Field(
         "auto",
         description="Table store: rocksdb, memory, or auto (rocksdb when rocksdict is installed).",
     )
     processor_web_host: str = Field("127.0.0.1", description="Bind address of the lookup API.")
     processor_web_port: int = Field(
-        6066, ge=0, description="Port of the lookup API GET /conversations/{id} (0: off)."
+        6066, ge=0, le=65535, description="Port of the lookup API GET /conversations/{id} (0: off)."
     )
     processor_window_seconds: float = Field(60.0, gt=0, description="Agent window size.")
+    processor_window_retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="Delete final agent_window_metrics rows that ended longer ago than this "
+        "(0: keep them forever); conversation_metrics rows are kept.",
+    )
     processor_grace_seconds: float = Field(
         10.0, ge=0, description="How long after its end a window still accepts events."
     )
@@ -40,6 +45,13 @@ class ProcessorSettings(CommonSettings):
         30.0,
         ge=0,
         description="Wall-clock wait after end + grace before a quiet agent's window closes.",
+    )
+    processor_max_future_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How far an event's received_at may lie ahead of the processor's clock "
+        "when it is windowed; later times are clamped (and counted), so one collector with a "
+        "clock in the future cannot close every agent window.",
     )
     processor_batch_size: int = Field(
         5000, ge=1, description="Most events handled (and emitted, written) as one batch."
@@ -50,10 +62,37 @@ class ProcessorSettings(CommonSettings):
         description="Longest wait for a batch to fill: metrics are emitted at most this often "
         "per conversation under light load.",
     )
-    processor_fetch_wait_ms: int = Field(
-        10,
+    processor_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of the Faust internal topics (changelogs, repartition). Unset: "
+        "the cluster's default.replication.factor (1 with CONVOSTREAM_BROKER_COMPAT=tansu).",
+    )
+    processor_fetch_wait_ms: int | None = Field(
+        None,
         ge=1,
         description="Longest a fetch of the source topics waits for data (fetch.max.wait.ms). "
-        "Short because some brokers (the embedded Tansu) answer a long poll only at its "
-        "deadline, which would add it to the latency of every event arriving meanwhile.",
+        "Unset: 500, or 10 with CONVOSTREAM_BROKER_COMPAT=tansu, because Tansu answers a long "
+        "poll only at its deadline, which would add it to the latency of every event.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        # The message never repeats the URL: it may carry a password.
+        if not url.startswith(("postgresql://", "postgres://", "sqlite://")):
+            scheme = url.partition("://")[0] if "://" in url else "(none)"
+            raise ValueError(
+                f"unsupported database scheme {scheme!r}: use postgresql://... or sqlite:///path"
+            )
+        return url
+
+    def database_password(self) -> str | None:
+        """The password in ``database_url``, registered so that logs never show it."""
+        return urlsplit(self.database_url).password
+
+    processor_transcripts: bool = Field(
+        True,
+        description="Also write conversation_transcripts and conversation_summaries for "
+        "finished conversations (reads every partition: enable on one replica).",
     )

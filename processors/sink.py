@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from processors.sql_schema import comments_sql
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -59,14 +61,51 @@ WINDOW_COLUMNS = (
     "closed_by",
     "emitted_at",
 )
+TRANSCRIPT_COLUMNS = (
+    "conversation_id",
+    "turn_index",
+    "event_id",
+    "role",
+    "message",
+    "original_message",
+    "interrupted",
+    "tool_calls",
+    "tool_errors",
+    "source",
+    "first_received_at",
+)
+SUMMARY_COLUMNS = (
+    "conversation_id",
+    "agent_id",
+    "ended_at",
+    "verdict",
+    "verdict_detail",
+    "channel",
+    "start_time_unix_secs",
+    "call_duration_secs",
+    "termination_reason",
+    "call_successful",
+    "transcript_summary",
+    "user_turns",
+    "agent_turns",
+    "interrupted_turns",
+    "corrected_turns",
+    "backfilled_turns",
+    "updated_at",
+)
 _TIMESTAMPS = frozenset(
     {"first_received_at", "last_received_at", "updated_at", "window_start", "window_end"}
-    | {"emitted_at"}
+    | {"emitted_at", "ended_at"}
 )
 
 
-def _migrations(ts: str, json: str, real: str, boolean: str) -> list[str]:
-    """Schema versions in order; version n is the n-th entry. Append, never edit."""
+def _migrations(ts: str, json: str, real: str, boolean: str, comments: bool = False) -> list[str]:
+    """Schema versions in order; version n is the n-th entry. Append, never edit. ``comments``
+    (PostgreSQL) documents each table's columns in the version that creates or indexes it."""
+
+    def documented(*tables: str) -> str:
+        return comments_sql(*tables) if comments else ""
+
     return [
         f"""
         CREATE TABLE conversation_metrics (
@@ -107,11 +146,62 @@ def _migrations(ts: str, json: str, real: str, boolean: str) -> list[str]:
             PRIMARY KEY (agent_id, window_start)
         );
         """,
+        # Time ranges across all agents, the slowest conversations, retention of old windows.
+        f"""
+        CREATE INDEX conversation_metrics_first_received ON conversation_metrics
+            (first_received_at);
+        CREATE INDEX conversation_metrics_last_received ON conversation_metrics
+            (last_received_at);
+        CREATE INDEX conversation_metrics_latency ON conversation_metrics (latency_p95_ms)
+            WHERE latency_pairs > 0;
+        CREATE INDEX agent_window_metrics_start ON agent_window_metrics (window_start);
+        CREATE INDEX agent_window_metrics_end ON agent_window_metrics (window_end);
+        {documented("conversation_metrics", "agent_window_metrics")}
+        """,
+        # Transcripts and summaries of finished conversations (issue 13).
+        f"""
+        CREATE TABLE conversation_transcripts (
+            conversation_id TEXT NOT NULL,
+            turn_index BIGINT NOT NULL,
+            event_id BIGINT NOT NULL,
+            role TEXT NOT NULL,
+            message TEXT,
+            original_message TEXT,
+            interrupted {boolean} NOT NULL,
+            tool_calls {json} NOT NULL,
+            tool_errors BIGINT NOT NULL,
+            source TEXT NOT NULL,
+            first_received_at {ts} NOT NULL,
+            PRIMARY KEY (conversation_id, turn_index)
+        );
+        CREATE TABLE conversation_summaries (
+            conversation_id TEXT PRIMARY KEY,
+            agent_id TEXT,
+            ended_at {ts},
+            verdict TEXT,
+            verdict_detail {json},
+            channel TEXT,
+            start_time_unix_secs BIGINT,
+            call_duration_secs BIGINT,
+            termination_reason TEXT,
+            call_successful TEXT,
+            transcript_summary TEXT,
+            user_turns BIGINT NOT NULL,
+            agent_turns BIGINT NOT NULL,
+            interrupted_turns BIGINT NOT NULL,
+            corrected_turns BIGINT NOT NULL,
+            backfilled_turns BIGINT NOT NULL,
+            updated_at {ts} NOT NULL
+        );
+        CREATE INDEX conversation_summaries_not_complete ON conversation_summaries (ended_at)
+            WHERE verdict <> 'complete';
+        {documented("conversation_transcripts", "conversation_summaries")}
+        """,
     ]
 
 
 SQLITE_MIGRATIONS = _migrations("TEXT", "TEXT", "REAL", "BOOLEAN")
-POSTGRES_MIGRATIONS = _migrations("TIMESTAMPTZ", "JSONB", "DOUBLE PRECISION", "BOOLEAN")
+POSTGRES_MIGRATIONS = _migrations("TIMESTAMPTZ", "JSONB", "DOUBLE PRECISION", "BOOLEAN", True)
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
 
 
@@ -146,6 +236,25 @@ def _upsert_sql(mark: Any) -> tuple[str, str, str]:
     return conv, window, late
 
 
+# Retention: only final windows go (an open one may still be written), by the indexed window_end.
+PRUNE_SQL = "DELETE FROM agent_window_metrics WHERE final AND window_end < {mark}"
+
+
+def _finished_sql(mark: Any) -> tuple[str, str, str]:
+    """(transcript delete, transcript insert, summary upsert): a finished conversation's turns
+    are replaced as a whole, since a backfilled turn can shift the turn indices after it."""
+    values = ", ".join(mark(i + 1) for i in range(len(TRANSCRIPT_COLUMNS)))
+    summary_values = ", ".join(mark(i + 1) for i in range(len(SUMMARY_COLUMNS)))
+    assign = ", ".join(f"{c} = excluded.{c}" for c in SUMMARY_COLUMNS[1:])
+    return (
+        f"DELETE FROM conversation_transcripts WHERE conversation_id = {mark(1)}",  # noqa: S608
+        f"INSERT INTO conversation_transcripts ({', '.join(TRANSCRIPT_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({values})",
+        f"INSERT INTO conversation_summaries ({', '.join(SUMMARY_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({summary_values}) ON CONFLICT (conversation_id) DO UPDATE SET {assign}",
+    )
+
+
 def micros_to_datetime(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
@@ -157,9 +266,20 @@ class Sink(Protocol):
         """Connect and bring the schema to :data:`SCHEMA_VERSION`."""
 
     async def write(
-        self, conversations: Sequence[dict[str, Any]], windows: Sequence[dict[str, Any]]
+        self, conversations: Sequence[Mapping[str, Any]], windows: Sequence[Mapping[str, Any]]
     ) -> None:
         """Upsert ConversationMetrics and AgentWindowMetrics records (one transaction)."""
+
+    async def ping(self) -> None:
+        """Raise unless the store answers a trivial query now (readiness)."""
+
+    async def prune_windows(self, before_micros: int) -> int:
+        """Delete final windows that ended before ``before_micros``; returns how many."""
+
+    async def write_finished(
+        self, transcripts: Sequence[Sequence[dict[str, Any]]], summaries: Sequence[dict[str, Any]]
+    ) -> None:
+        """Replace the transcripts of ``summaries``' conversations and upsert the summaries."""
 
     async def close(self) -> None:
         """Release the connection."""
@@ -174,11 +294,13 @@ def open_sink(url: str) -> Sink:
     raise ValueError("CONVOSTREAM_DATABASE_URL must start with postgresql:// or sqlite:///")
 
 
-def _row(record: dict[str, Any], columns: Sequence[str], ts: Any, js: Any) -> tuple[Any, ...]:
+def _row(record: Mapping[str, Any], columns: Sequence[str], ts: Any, js: Any) -> tuple[Any, ...]:
     out = []
     for column in columns:
         value = record[column]
-        if column in _TIMESTAMPS:
+        if value is None:
+            pass
+        elif column in _TIMESTAMPS:
             value = ts(value)
         elif column == "events_by_type":
             value = js(value)
@@ -202,6 +324,7 @@ class SqliteSink:
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-sink")
         self._sql = _upsert_sql(lambda i: f"?{i}")  # numbered: late uses ?3 twice
+        self._finished = _finished_sql(lambda i: f"?{i}")
 
     async def _call(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
@@ -239,13 +362,13 @@ class SqliteSink:
         self._conn = conn
 
     async def write(
-        self, conversations: Sequence[dict[str, Any]], windows: Sequence[dict[str, Any]]
+        self, conversations: Sequence[Mapping[str, Any]], windows: Sequence[Mapping[str, Any]]
     ) -> None:
         if conversations or windows:
             await self._call(self._write, conversations, windows)
 
     def _write(
-        self, conversations: Sequence[dict[str, Any]], windows: Sequence[dict[str, Any]]
+        self, conversations: Sequence[Mapping[str, Any]], windows: Sequence[Mapping[str, Any]]
     ) -> None:
         assert self._conn is not None
         conv_sql, window_sql, late_sql = self._sql
@@ -267,6 +390,43 @@ class SqliteSink:
             conn.execute("ROLLBACK")
             raise
 
+    async def ping(self) -> None:
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.OperationalError("not open")
+        await self._call(conn.execute, "SELECT 1")
+
+    async def prune_windows(self, before_micros: int) -> int:
+        conn = self._conn
+        assert conn is not None
+        cursor = await self._call(conn.execute, PRUNE_SQL.format(mark="?"), (_iso(before_micros),))
+        return int(cursor.rowcount)
+
+    async def write_finished(
+        self, transcripts: Sequence[Sequence[dict[str, Any]]], summaries: Sequence[dict[str, Any]]
+    ) -> None:
+        if summaries:
+            await self._call(self._write_finished, transcripts, summaries)
+
+    def _write_finished(
+        self, transcripts: Sequence[Sequence[dict[str, Any]]], summaries: Sequence[dict[str, Any]]
+    ) -> None:
+        assert self._conn is not None
+        delete, insert, upsert = self._finished
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(delete, [(s["conversation_id"],) for s in summaries])
+            conn.executemany(
+                insert,
+                [_row(r, TRANSCRIPT_COLUMNS, _iso, None) for rows in transcripts for r in rows],
+            )
+            conn.executemany(upsert, [_row(s, SUMMARY_COLUMNS, _iso, None) for s in summaries])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._call(self._conn.close)
@@ -283,6 +443,7 @@ class PostgresSink:
         self.url = url
         self._pool: Any = None
         self._sql = _upsert_sql(lambda i: f"${i}")
+        self._finished = _finished_sql(lambda i: f"${i}")
 
     async def start(self) -> None:
         import asyncpg  # type: ignore[import-untyped]  # here: SQLite users need not install it
@@ -305,7 +466,7 @@ class PostgresSink:
                     )
 
     async def write(
-        self, conversations: Sequence[dict[str, Any]], windows: Sequence[dict[str, Any]]
+        self, conversations: Sequence[Mapping[str, Any]], windows: Sequence[Mapping[str, Any]]
     ) -> None:
         if not (conversations or windows):
             return
@@ -324,6 +485,33 @@ class PostgresSink:
                     late_sql,
                     [(w["agent_id"], ts(w["window_start"]), w["late_events"]) for w in windows],
                 )
+
+    async def ping(self) -> None:
+        if self._pool is None:
+            raise ConnectionError("not open")
+        async with self._pool.acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT 1", timeout=5)
+
+    async def prune_windows(self, before_micros: int) -> int:
+        status = await self._pool.execute(
+            PRUNE_SQL.format(mark="$1"), micros_to_datetime(before_micros)
+        )
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE n"
+
+    async def write_finished(
+        self, transcripts: Sequence[Sequence[dict[str, Any]]], summaries: Sequence[dict[str, Any]]
+    ) -> None:
+        if not summaries:
+            return
+        delete, insert, upsert = self._finished
+        ts = micros_to_datetime
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(delete, [(s["conversation_id"],) for s in summaries])
+            await conn.executemany(
+                insert,
+                [_row(r, TRANSCRIPT_COLUMNS, ts, None) for rows in transcripts for r in rows],
+            )
+            await conn.executemany(upsert, [_row(s, SUMMARY_COLUMNS, ts, None) for s in summaries])
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -4,13 +4,29 @@ Faust's windowed tables cannot do this: they have no grace period, expire window
 clock, and ``on_window_close`` gets a key, not the aggregate. So the bookkeeping is here, as a
 plain value per agent that the worker stores in an ordinary table:
 
-* the agent's event time is the largest ``received_at`` seen for it;
+* the agent's event time is the largest ``received_at`` seen for it, advanced per event;
 * ``closed_until`` is a window boundary: every window ending at or before it is final. It only
-  moves forward, when event time passes end + grace (``event_time``) or wall clock passes
-  end + grace + idle timeout (``idle``);
+  moves forward: on each event whose time passes end + grace (``event_time``), or when the
+  source progress (below) passes end + grace + idle timeout (``idle``);
 * a window is reported once, when it becomes final, and never changes afterwards; an event for
   a window at or before ``closed_until`` is late: it is counted in ``late_events`` (kept apart
   from the window's counts) and handed back for ``convai.events.late``.
+
+Idle closing must not outrun the conversation stage: a worker that restarts, or lags, forwards
+old events long after the wall clock has passed their windows. So ticks are progress reports:
+each worker says, for each source partition it owns and has forwarded up to its high-water
+mark, "everything before my clock time T is forwarded" (:class:`SourceProgress`); an internal
+partition closes idle windows only by the least of those times over every source partition.
+A source partition whose owner is down, restarting or catching up holds idle closing back
+until it has caught up, and its late-forwarded events still count in their windows.
+
+The state is a fold over the agent's internal partition, message by message: events and ticks
+carry their own times (a tick its sender's clock), so the same messages give
+the same windows and the same record bytes whatever the batch boundaries, restarts or the wall
+clock at processing time. ``emitted_at`` is derived from the window (the moment it became final
+by the rules), not read from a clock. An event time more than ``max_future`` ahead of the time
+its record was forwarded (a collector clock far in the future) is clamped to that bound, so one
+such event cannot close every open window; the worker counts the clamped events.
 
 Events reach this core already de-duplicated by ``event_key`` (the conversation state knows
 first copies), but the worker forwards them at least once. Each carries its source partition
@@ -20,6 +36,7 @@ copies without keeping any per-event state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
@@ -37,18 +54,30 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class WindowConfig:
-    """Window size, grace, idle timeout and how long final windows stay for late counts (µs)."""
+    """Window size, grace, idle timeout, how long final windows stay for late counts, and how
+    far ahead of its forwarding time an event's time may lie (µs)."""
 
     size: int = 60_000_000
     grace: int = 10_000_000
     idle: int = 30_000_000
     retention: int = 600_000_000
+    max_future: int = 300_000_000
 
     @classmethod
     def seconds(
-        cls, size: float, grace: float, idle: float, retention: float = 600.0
+        cls,
+        size: float,
+        grace: float,
+        idle: float,
+        retention: float = 600.0,
+        max_future: float = 300.0,
     ) -> WindowConfig:
-        return cls(*(round(s * 1_000_000) for s in (size, grace, idle, retention)))
+        return cls(*(round(s * 1_000_000) for s in (size, grace, idle, retention, max_future)))
+
+    def clamp(self, event: WindowEvent, forwarded_at: int) -> WindowEvent:
+        """``event`` with its time at most ``max_future`` past ``forwarded_at``."""
+        bound = forwarded_at + self.max_future
+        return event if event.received_at <= bound else event._replace(received_at=bound)
 
 
 class WindowEvent(NamedTuple):
@@ -81,13 +110,13 @@ class Window:
             self.tool_errors += 1
 
     def record(self, agent_id: str, start: int, size: int, now: int) -> dict[str, Any]:
-        """The ``AgentWindowMetrics`` record (``emitted_at`` fixed once final)."""
+        """The ``AgentWindowMetrics`` record (``emitted_at`` fixed once final, else ``now``)."""
         get = self.by_type.get
         return {
             "agent_id": agent_id,
             "window_start": start,
             "window_end": start + size,
-            "events_by_type": dict(self.by_type),
+            "events_by_type": dict(sorted(self.by_type.items())),  # bytes independent of order
             "events_total": sum(self.by_type.values()),
             "conversations": len(self.conversations),
             "user_turns": get(USER_TRANSCRIPT, 0),
@@ -103,16 +132,19 @@ class Window:
 
 @dataclass(slots=True)
 class AgentWindows:
-    """All window state of one agent."""
+    """All window state of one agent; ``pending`` holds the records of windows made final
+    since the last :meth:`take_final` (not stored: the worker takes them before storing)."""
 
     agent_id: str
     event_time: int | None = None
     closed_until: int | None = None
     last_offsets: dict[int, int] = field(default_factory=dict)
     windows: dict[int, Window] = field(default_factory=dict)
+    pending: list[dict[str, Any]] = field(default_factory=list)
 
     def accept(self, event: WindowEvent, config: WindowConfig) -> Outcome:
-        """Count ``event`` in its window, or say it is late or a re-forwarded copy."""
+        """Count ``event`` in its window, or say it is late or a re-forwarded copy; then close
+        the windows its time has passed."""
         if event.offset <= self.last_offsets.get(event.source_partition, -1):
             return Outcome.DUPLICATE
         self.last_offsets[event.source_partition] = event.offset
@@ -125,39 +157,43 @@ class AgentWindows:
         self.windows.setdefault(start, Window()).add(event)
         if self.event_time is None or event.received_at > self.event_time:
             self.event_time = event.received_at
+            self._close(_boundary(event.received_at - config.grace - 1, config.size), config)
         return Outcome.COUNTED
 
-    def advance(self, now: int, config: WindowConfig) -> list[int]:
-        """Finalise windows whose time has come; returns their starts (each exactly once)."""
-        by_event = None
-        if self.event_time is not None:
-            by_event = _boundary(self.event_time - config.grace - 1, config.size)
-        by_idle = _boundary(now - config.grace - config.idle - 1, config.size)
-        bound = by_idle if by_event is None else max(by_event, by_idle)
-        if self.closed_until is None or bound > self.closed_until:
-            self.closed_until = bound
-        closed: list[int] = []
+    def tick(self, now: int, config: WindowConfig) -> bool:
+        """Close windows that ``now`` (the source progress, a wall-clock time) has passed by
+        the idle timeout; True when one closed."""
+        return self._close(_boundary(now - config.grace - config.idle - 1, config.size), config)
+
+    def _close(self, bound: int, config: WindowConfig) -> bool:
+        if self.closed_until is not None and bound <= self.closed_until:
+            return False
+        self.closed_until = bound
+        closed = False
         for start in sorted(self.windows):
             window = self.windows[start]
-            if window.final or start + config.size > self.closed_until:
+            end = start + config.size
+            if window.final or end > bound:
                 continue
+            by_event = self.event_time is not None and end + config.grace < self.event_time
             window.final = True
-            event_closed = by_event is not None and start + config.size <= by_event
-            window.closed_by = "event_time" if event_closed else "idle"
-            window.emitted_at = now
-            closed.append(start)
-        horizon = self.closed_until - config.retention
-        just_closed = set(closed)  # kept until the caller has emitted them, pruned next time
-        for start in [
-            s
-            for s, w in self.windows.items()
-            if w.final and s + config.size <= horizon and s not in just_closed
-        ]:
-            del self.windows[start]
+            window.closed_by = "event_time" if by_event else "idle"
+            window.emitted_at = end + config.grace + (0 if by_event else config.idle)
+            self.pending.append(window.record(self.agent_id, start, config.size, 0))
+            closed = True
         return closed
 
-    def open_windows(self) -> list[int]:
-        return sorted(s for s, w in self.windows.items() if not w.final)
+    def take_final(self, config: WindowConfig) -> list[dict[str, Any]]:
+        """Records of the windows made final since the last call (each window exactly once);
+        drops final windows older than the retention."""
+        final, self.pending = self.pending, []
+        if self.closed_until is not None:
+            horizon = self.closed_until - config.retention
+            for start in [
+                s for s, w in self.windows.items() if w.final and s + config.size <= horizon
+            ]:
+                del self.windows[start]
+        return final
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -187,6 +223,43 @@ class AgentWindows:
         d = orjson.loads(data)
         windows = {w[0]: Window(w[1], set(w[2]), w[3], w[4], w[5], w[6], w[7]) for w in d["w"]}
         return cls(d["a"], d["t"], d["c"], {p: o for p, o in d["o"]}, windows)
+
+
+@dataclass(slots=True)
+class SourceProgress:
+    """Per source partition, the latest clock time before which its events were all forwarded
+    (from ticks); one per internal partition, stored with its agents' states."""
+
+    partitions: int = 0
+    times: dict[int, int] = field(default_factory=dict)
+
+    def report(self, partitions: int, times: Mapping[int, int]) -> int | None:
+        """Fold in one tick (the sender's view of the source partition count and its times);
+        the new low watermark when it moved forward, else None. Times only grow."""
+        before = self.low()
+        self.partitions = max(self.partitions, partitions)
+        for partition, time_us in times.items():
+            if time_us > self.times.get(partition, -1):
+                self.times[partition] = time_us
+        low = self.low()
+        return low if low is not None and (before is None or low > before) else None
+
+    def low(self) -> int | None:
+        """The least time over every source partition; None while one has not reported."""
+        if not self.partitions:
+            return None
+        try:
+            return min(self.times[p] for p in range(self.partitions))
+        except KeyError:
+            return None
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([self.partitions, [[p, t] for p, t in self.times.items()]])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SourceProgress:
+        partitions, times = orjson.loads(data)
+        return cls(partitions, {p: t for p, t in times})
 
 
 def _boundary(time_us: int, size: int) -> int:

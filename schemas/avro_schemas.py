@@ -3,14 +3,13 @@
 Timestamps are ``int`` microseconds since the epoch (UTC) in every record, written and read:
 the schemas declare ``timestamp-micros`` for other consumers, but the parsed copies used by the
 serde drop logical types, so the hot path never builds ``datetime`` objects. Use
-:func:`now_micros`, :func:`to_micros` and :func:`micros_to_iso` at the edges.
+:mod:`schemas.clock` at the edges.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -29,10 +28,12 @@ SCHEMA_NAMES: tuple[str, ...] = (
     "CommandResult",
     "ConversationMetrics",
     "AgentWindowMetrics",
+    "Alert",
+    "RuleState",
+    "PostCall",
 )
 
 TIMESTAMP_MICROS = "timestamp-micros"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @cache
@@ -100,21 +101,3 @@ def _is_timestamp(node: Any) -> bool:
 def timestamp_fields(name: str) -> frozenset[str]:
     """Top-level fields of ``name`` that hold timestamp-micros (nullable or not)."""
     return frozenset(f["name"] for f in schema_json(name)["fields"] if _is_timestamp(f["type"]))
-
-
-def now_micros() -> int:
-    """The current time as a record timestamp."""
-    return to_micros(datetime.now(UTC))
-
-
-def to_micros(moment: datetime) -> int:
-    """A timezone-aware datetime as a record timestamp."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: record timestamps are UTC, give a timezone")
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def micros_to_iso(micros: int) -> str:
-    """A record timestamp as ISO-8601 UTC, e.g. ``2026-11-21T06:08:00.123456Z``."""
-    moment = _EPOCH + timedelta(microseconds=micros)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,10 +1,28 @@
-"""Serde and registry errors: each message says what was found and what was expected."""
+"""Serde and registry errors: each message says what was found and what was expected.
+
+::
+
+    SerdeError (retriable=False unless said otherwise)
+    ├── UnknownMagicByte, TruncatedMessage, CorruptMessage   bad bytes: never retried
+    ├── UnknownSchemaId                                       resolve it from the registry
+    ├── EncodeError                                           a record that does not fit
+    └── RegistryError          retriable when unreachable, timed out, 408, 429 or 5xx
+
+The upstream's counterpart is ``upstream.rest.UpstreamError``, with the same flag.
+"""
 
 from __future__ import annotations
 
 
 class SerdeError(Exception):
-    """Bytes that cannot be decoded, a record that cannot be encoded, or a registry failure."""
+    """Bytes that cannot be decoded, a record that cannot be encoded, or a registry failure.
+
+    ``retriable``: the same request may succeed later (the registry was away or busy).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class UnknownMagicByte(SerdeError):

@@ -56,6 +56,7 @@ _DOCUMENTED: dict[str, tuple[str, str]] = {
     "mcp_tool_call": ("mcp_tool_call", "McpToolCallPayload"),
     "mcp_connection_status": ("mcp_connection_status", "McpConnectionStatusPayload"),
     "context_usage": ("context_usage_event", "ContextUsagePayload"),
+    "error": ("error_event", "ErrorPayload"),
 }
 
 # Types whose shape is undocumented: the record keeps the frame as JSON text plus any event_id.
@@ -64,10 +65,16 @@ _UNDOCUMENTED: dict[str, str] = {
     "guardrail_triggered": "GuardrailTriggeredPayload",
     "client_error": "ClientErrorPayload",
     "dtmf_request": "DtmfRequestPayload",
+    "agent_reasoning_response_part": "AgentReasoningResponsePartPayload",
+    "rich_content": "RichContentPayload",
+    "agent_typing": "AgentTypingPayload",
+    "external_agent_connected": "ExternalAgentConnectedPayload",
+    "external_agent_disconnected": "ExternalAgentDisconnectedPayload",
+    "queue_status": "QueueStatusPayload",
 }
 
 # Record fields that carry a free-form JSON value as text.
-_JSON_FIELDS = frozenset({"metadata", "parameters", "result"})
+_JSON_FIELDS = frozenset({"metadata", "parameters", "result", "details"})
 # Records whose one field is the whole payload object as JSON text (its contents are unspecified).
 _WHOLE_OBJECT_AS_JSON = {"AsrInitiationMetadataPayload": "metadata"}
 
@@ -88,6 +95,14 @@ def _record_schemas() -> dict[str, dict[str, Any]]:
 
 
 _RECORDS = _record_schemas()
+# Payload records whose event_id takes a string too (the older undocumented ones take integers
+# only: a string id of theirs stays in their ``data`` JSON).
+_STRING_ID_RECORDS = frozenset(
+    name
+    for name, record in _RECORDS.items()
+    for field in record["fields"]
+    if field["name"] == "event_id" and "string" in field["type"]
+)
 
 
 class _Mismatch(Exception):
@@ -109,8 +124,15 @@ def _is_long(value: object) -> TypeGuard[int]:
 
 
 def _convert(schema: Any, value: Any, path: str) -> Any:
-    if isinstance(schema, list):  # payload unions are all ["null", X]
-        return None if value is None else _convert(schema[1], value, path)
+    if isinstance(schema, list):  # payload unions are ["null", X, ...]: the first that fits
+        if value is None:
+            return None
+        for branch in schema[1:-1]:
+            try:
+                return _convert(branch, value, path)
+            except _Mismatch:
+                continue
+        return _convert(schema[-1], value, path)
     kind = schema if isinstance(schema, str) else schema["type"]
     if (
         (kind == "string" and isinstance(value, str))
@@ -140,13 +162,22 @@ def _record(schema: dict[str, Any], obj: Mapping[str, Any], path: str) -> dict[s
     return out
 
 
-def _found_event_id(frame: Mapping[str, Any]) -> int | None:
-    """An integer event_id at the top level of an undocumented frame or one level down."""
+def _found_event_id(frame: Mapping[str, Any]) -> int | str | None:
+    """An integer or string event_id at the top level of an undocumented frame or one down."""
     for candidate in (frame, *(v for v in frame.values() if isinstance(v, dict))):
         value = candidate.get("event_id")
-        if _is_long(value):
+        if _is_long(value) or isinstance(value, str):
             return value
     return None
+
+
+def upstream_event_ids(payload: Payload) -> dict[str, Any]:
+    """``upstream_event_id`` (an integer event_id) and ``upstream_event_ref`` (a string one)."""
+    eid = payload[1].get("event_id")
+    return {
+        "upstream_event_id": eid if _is_long(eid) else None,
+        "upstream_event_ref": eid if isinstance(eid, str) else None,
+    }
 
 
 def _frame_json(frame: Mapping[str, Any]) -> str:
@@ -170,8 +201,11 @@ def monitor_payload(event_type: str, frame: Mapping[str, Any]) -> Payload:
         record = _UNDOCUMENTED.get(event_type)
         if record is None:
             return raw_payload(event_type, frame, "unknown_type")
-        fields = {"event_id": _found_event_id(frame), "data": _frame_json(frame)}
-        return f"{NAMESPACE}.{record}", fields
+        full_name = f"{NAMESPACE}.{record}"
+        found = _found_event_id(frame)
+        if isinstance(found, str) and full_name not in _STRING_ID_RECORDS:
+            found = None
+        return full_name, {"event_id": found, "data": _frame_json(frame)}
     key, record = documented
     body = frame.get(key)
     if not isinstance(body, dict):

@@ -4,6 +4,12 @@ Both give the same wire format. Network work happens only in :meth:`SchemaRegist
 (at start-up) and :meth:`SchemaRegistry.fetch` (the first time an unknown id is seen), so the
 serde's ``encode``/``decode`` stay synchronous and CPU-only.
 
+A component prepares only the schemas it writes. It registers them, or, in lookup-only mode,
+finds their ids with GET requests alone (no registration rights needed); a component that only
+reads prepares nothing and only ever GETs ids. A registry that cannot be reached or answers
+5xx is retried with capped, jittered back-off (an outage delays records, it never turns them
+into errors); only an answer that the registry does not know an id is final.
+
 Pinned ids start at ``PINNED_ID_BASE``, far above the ids a registry hands out, so the
 :class:`HttpSchemaRegistry` can keep reading data written before a registry was configured.
 """
@@ -13,20 +19,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterable, Mapping
+import random
+import ssl
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import structlog
+from fastavro.schema import SchemaParseException, UnknownType
+from pydantic import SecretStr
 from yarl import URL
 
-from schemas.avro_schemas import SCHEMA_NAMES, fingerprint, fingerprint_of, schema_text, short_name
+from schemas.avro_schemas import (
+    SCHEMA_NAMES,
+    canonical_form,
+    fingerprint,
+    fingerprint_of,
+    schema_text,
+    short_name,
+)
 from schemas.errors import EncodeError, RegistryError, UnknownSchemaId
 from schemas.topics import CATALOGUE, Topic
 
 PINNED_ID_BASE = 2_000_000_000
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+_TRANSIENT_STATUS = frozenset({408, 429})  # and every 5xx
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +59,65 @@ class WriterSchema:
     schema_id: int
     name: str
     schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Back-off between attempts while a registry is unreachable (seconds).
+
+    ``give_up_after`` None keeps trying: a consumer that cannot read its input must wait, not
+    turn records into errors (a command would otherwise get a permanent ``rejected``).
+    """
+
+    first: float = 0.2
+    cap: float = 10.0
+    give_up_after: float | None = None
+
+    def delays(self) -> Iterator[float]:
+        """Jittered exponential delays, each at most ``cap``, until ``give_up_after``."""
+        deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
+        delay = self.first
+        while deadline is None or time.monotonic() < deadline:
+            yield random.uniform(delay / 2, delay)
+            delay = min(self.cap, delay * 2)
+
+
+KEEP_TRYING = Retry()
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """Credentials and trust for a registry: HTTP basic auth (a Confluent Cloud API key and
+    secret, say) and a CA file for a registry whose certificate a private CA signed.
+
+    Credentials may instead sit in the URL (``https://key:secret@host``); explicit ones win.
+    """
+
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+
+    def endpoint(self, url: str) -> tuple[URL, dict[str, str]]:
+        """``url`` without credentials (safe to show), and the headers that authenticate."""
+        parsed = URL(url)
+        user, password = parsed.user, parsed.password
+        if self.username is not None:
+            user = self.username
+            password = None if self.password is None else self.password.get_secret_value()
+        headers = {}
+        if user:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        return parsed.with_user(None).with_password(None), headers
+
+    def ssl(self) -> ssl.SSLContext | bool:
+        """aiohttp's ``ssl=``: verify against ``ca_file``, else against the system CAs."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+ANONYMOUS = RegistryAccess()
 
 
 class SchemaRegistry(Protocol):
@@ -161,20 +243,27 @@ class HttpSchemaRegistry:
     """A Confluent-compatible Schema Registry, subjects named ``<topic>-value``.
 
     Credentials may be given in the URL (``https://key:secret@host``); messages only ever show
-    the URL without them.
+    the URL without them. ``lookup_only`` components never POST: :meth:`prepare` finds the ids
+    of schemas someone else registered.
     """
 
     def __init__(
-        self, url: str, *, pinned: PinnedRegistry | None = None, timeout: float = 10.0
+        self,
+        url: str,
+        *,
+        pinned: PinnedRegistry | None = None,
+        timeout: float = 10.0,
+        lookup_only: bool = False,
+        retry: Retry = KEEP_TRYING,
+        access: RegistryAccess = ANONYMOUS,
     ) -> None:
-        parsed = URL(url)
-        self._base = parsed.with_user(None).with_password(None)
-        self._headers = {"Accept": _CONTENT_TYPE}
-        if parsed.user:  # basic auth (Confluent Cloud: API key and secret)
-            token = base64.b64encode(f"{parsed.user}:{parsed.password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+        self._base, auth = access.endpoint(url)
+        self._headers = {"Accept": _CONTENT_TYPE, **auth}
+        self._ssl = access.ssl()
         self._pinned = pinned
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.lookup_only = lookup_only
+        self._retry = retry
         self._session: aiohttp.ClientSession | None = None
         self._ids: dict[str, int] = {}
         self._by_id: dict[int, WriterSchema] = {}
@@ -193,6 +282,7 @@ class HttpSchemaRegistry:
                 url,
                 data=None if body is None else json.dumps(body),
                 headers=None if body is None else {"Content-Type": _CONTENT_TYPE},
+                ssl=self._ssl,
             ) as response:
                 text = await response.text()
                 if response.status == 404:
@@ -200,29 +290,72 @@ class HttpSchemaRegistry:
                 if response.status >= 400:
                     raise RegistryError(
                         f"schema registry {self._base} answered {method} {path} with "
-                        f"{response.status}: {_error_message(text)}"
+                        f"{response.status}: {_error_message(text)}",
+                        retriable=response.status >= 500 or response.status in _TRANSIENT_STATUS,
                     )
                 return json.loads(text)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryError(
-                f"schema registry {self._base} failed on {method} {path}: {exc!r}"
+                f"schema registry {self._base} failed on {method} {path}: {exc!r}", retriable=True
             ) from None
+        except ValueError as exc:
+            raise RegistryError(
+                f"schema registry {self._base} gave no JSON for {method} {path}: {exc}"
+            ) from None
+
+    async def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, always: bool
+    ) -> Any:
+        """:meth:`_call`, retried while the registry is unreachable (``always``: on any error).
+
+        Start-up requests fail fast on a refusal (bad credentials are a configuration error);
+        id look-ups while reading retry every failure, so records wait instead of failing.
+        """
+        delays = self._retry.delays()
+        while True:
+            try:
+                return await self._call(method, path, body)
+            except RegistryError as exc:
+                if not (always or exc.retriable):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning("schema registry request failed; retrying", error=str(exc), delay=delay)
+                await asyncio.sleep(delay)
 
     async def register(self, subject: str, name: str) -> int:
         """Register the current schema ``name`` under ``subject``; returns its id."""
         path = f"subjects/{subject}/versions"
-        answer = await self._call("POST", path, {"schema": schema_text(name)})
+        answer = await self._request("POST", path, {"schema": schema_text(name)}, always=False)
         if not isinstance(answer, dict) or not isinstance(answer.get("id"), int):
             raise RegistryError(f"schema registry {self._base}: no id in answer to POST {path}")
-        schema_id: int = answer["id"]
+        return self._remember(name, answer["id"])
+
+    async def lookup(self, subject: str, name: str) -> int:
+        """The id of the current schema ``name`` among the versions of ``subject`` (GET only)."""
+        versions = await self._request("GET", f"subjects/{subject}/versions", always=False)
+        for version in sorted(versions or (), reverse=True):  # the newest matches, usually
+            answer = await self._request(
+                "GET", f"subjects/{subject}/versions/{version}", always=False
+            )
+            if isinstance(answer, dict) and _fingerprint(answer.get("schema")) == fingerprint(name):
+                return self._remember(name, int(answer["id"]))
+        raise RegistryError(
+            f"schema {name!r} is not registered under {subject!r} at {self._base}; in lookup-only "
+            "mode a component with registration rights (or an operator) must register it first"
+        )
+
+    def _remember(self, name: str, schema_id: int) -> int:
         self._ids[name] = schema_id
         self._by_id[schema_id] = WriterSchema(schema_id, name, json.loads(schema_text(name)))
         return schema_id
 
     async def prepare(self, topics: Iterable[Topic] = CATALOGUE, prefix: str = "") -> None:
-        """Register the value schema of every topic (idempotent: same schema, same id)."""
+        """Register (or, lookup-only, find) the value schema of every topic in ``topics``."""
+        find = self.lookup if self.lookup_only else self.register
         for topic in topics:
-            await self.register(f"{topic.full_name(prefix)}-value", topic.value_schema)
+            await find(f"{topic.full_name(prefix)}-value", topic.value_schema)
 
     def writer_id(self, name: str) -> int:
         try:
@@ -230,7 +363,7 @@ class HttpSchemaRegistry:
         except KeyError:
             known = name in SCHEMA_NAMES
             raise EncodeError(
-                f"schema {name!r} is not registered yet; await registry.prepare() first"
+                f"schema {name!r} is not prepared; await registry.prepare() with its topic first"
                 if known
                 else f"unknown schema {name!r}; known schemas: {', '.join(SCHEMA_NAMES)}"
             ) from None
@@ -246,7 +379,7 @@ class HttpSchemaRegistry:
             found = self.known(schema_id)
             if found is not None:
                 return found
-            answer = await self._call("GET", f"schemas/ids/{schema_id}", None)
+            answer = await self._request("GET", f"schemas/ids/{schema_id}", always=True)
             if answer is None:
                 raise UnknownSchemaId(schema_id, f"schema registry {self._base} does not know it")
             kind = answer.get("schemaType", "AVRO") if isinstance(answer, dict) else None
@@ -268,6 +401,14 @@ class HttpSchemaRegistry:
             self._session = None
 
 
+def _fingerprint(text: Any) -> str | None:
+    """The fingerprint of a schema given as JSON text, None when it is not one."""
+    try:
+        return fingerprint_of(canonical_form(json.loads(text)))
+    except (TypeError, ValueError, KeyError, AttributeError, SchemaParseException, UnknownType):
+        return None
+
+
 def _error_message(text: str) -> str:
     try:
         return str(json.loads(text).get("message", text))
@@ -275,7 +416,17 @@ def _error_message(text: str) -> str:
         return text[:200]
 
 
-def registry_from_settings(url: str | None) -> SchemaRegistry:
+def registry_from_settings(
+    url: str | None,
+    *,
+    lookup_only: bool = False,
+    retry: Retry = KEEP_TRYING,
+    access: RegistryAccess = ANONYMOUS,
+) -> SchemaRegistry:
     """The Schema Registry at ``url``, or the pinned ids when it is unset."""
     pinned = PinnedRegistry.load()
-    return HttpSchemaRegistry(url, pinned=pinned) if url else pinned
+    if not url:
+        return pinned
+    return HttpSchemaRegistry(
+        url, pinned=pinned, lookup_only=lookup_only, retry=retry, access=access
+    )

@@ -14,7 +14,7 @@ Reading data written with an older schema version yields records of the current 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from io import BytesIO
 from typing import Any, NamedTuple, cast
 
@@ -39,7 +39,17 @@ from schemas.errors import (
     UnknownMagicByte,
     UnknownSchemaId,
 )
-from schemas.registry import PinnedRegistry, SchemaRegistry, WriterSchema
+from schemas.registry import (
+    ANONYMOUS,
+    KEEP_TRYING,
+    PinnedRegistry,
+    RegistryAccess,
+    Retry,
+    SchemaRegistry,
+    WriterSchema,
+    registry_from_settings,
+)
+from schemas.topics import Topic
 
 __all__ = [
     "CorruptMessage",
@@ -51,6 +61,7 @@ __all__ = [
     "TruncatedMessage",
     "UnknownMagicByte",
     "UnknownSchemaId",
+    "open_serde",
 ]
 
 MAGIC = 0
@@ -157,6 +168,44 @@ class Serde:
         except UnknownSchemaId as exc:
             await self.registry.fetch(exc.schema_id)
             return self.decode(data)
+
+    def is_current(self, schema_id: int, schema_name: str) -> bool:
+        """True when ``schema_id`` (already decoded once) is exactly the current ``schema_name``:
+        its data can then be read field by field in the current schema's layout."""
+        plan = self._readers.get(schema_id)
+        return plan is not None and plan[0] == schema_name and plan[2] is None
+
+    async def close(self) -> None:
+        await self.registry.close()
+
+    async def __aenter__(self) -> Serde:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def open_serde(
+    url: str | None,
+    writes: Iterable[Topic] = (),
+    prefix: str = "",
+    *,
+    lookup_only: bool = False,
+    retry: Retry = KEEP_TRYING,
+    access: RegistryAccess = ANONYMOUS,
+) -> Serde:
+    """The serde of one component: pinned ids when ``url`` is unset, else the registry at ``url``
+    with the value schemas of the topics it ``writes`` registered (or, ``lookup_only``, looked
+    up). Every component builds its serde here, so each resolves ids the same way; one that
+    only reads passes no topics and never writes to the registry. Close it with ``close()``.
+    """
+    serde = Serde(registry_from_settings(url, lookup_only=lookup_only, retry=retry, access=access))
+    try:
+        await serde.registry.prepare(writes, prefix)
+    except BaseException:
+        await serde.close()
+        raise
+    return serde
 
 
 def _read_plan(found: WriterSchema) -> _ReadPlan:

@@ -76,8 +76,9 @@ COMMAND_INTENTS = Topic(
     6,
     "delete",
     "Internal write-ahead log of the command workers: a command about to be written upstream "
-    "(headers: source partition/offset); same partition count as convai.commands. Keys are "
-    "unique, so compaction would keep everything: time retention bounds it instead.",
+    "(headers: source partition/offset). Keyed by command_id, so every copy of a command lands "
+    "in one partition and the first intent there claims it; every worker reads all partitions. "
+    "Copies share a key, and claims must stay in order: time retention, not compaction.",
 )
 METRICS_CONVERSATIONS = Topic(
     "convai.metrics.conversations",
@@ -104,6 +105,33 @@ EVENTS_LATE = Topic(
     "Events that arrived after their window was final.",
 )
 
+ALERTS = Topic(
+    "convai.alerts",
+    "conversation_id",
+    "Alert",
+    6,
+    "delete",
+    "Alerts raised by the rules engine; at most one per (rule, conversation) by alert_id.",
+)
+RULES_STATE = Topic(
+    "convai.rules.state",
+    "group id / conversation_id",
+    "RuleState",
+    12,
+    "compact",
+    "Internal changelog of the rules engine: per-conversation rule progress, written to the "
+    "partition number of the conversation's events; same partition count as "
+    "convai.monitor.events.",
+)
+POSTCALL = Topic(
+    "convai.postcall",
+    "conversation_id",
+    "PostCall",
+    6,
+    "compact",
+    "Verified post-call webhooks (latest per conversation, compacted).",
+)
+
 CATALOGUE: tuple[Topic, ...] = (
     CONVERSATIONS,
     MONITOR_EVENTS,
@@ -114,6 +142,9 @@ CATALOGUE: tuple[Topic, ...] = (
     METRICS_CONVERSATIONS,
     METRICS_AGENT_WINDOWS,
     EVENTS_LATE,
+    ALERTS,
+    RULES_STATE,
+    POSTCALL,
 )
 
 BY_NAME: dict[str, Topic] = {t.name: t for t in CATALOGUE}

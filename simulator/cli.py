@@ -25,7 +25,14 @@ def simulate(**values: Any) -> None:
     has ended.
     """
     settings = load_settings(SimulatorSettings, values)
-    runtime.setup(settings, secrets=(settings.sim_api_key.get_secret_value(),))
+    hook_secret = settings.sim_webhook_secret
+    runtime.setup(
+        settings,
+        secrets=(
+            settings.sim_api_key.get_secret_value(),
+            hook_secret.get_secret_value() if hook_secret else None,
+        ),
+    )
     log = get_logger("simulator")
 
     async def main(stop: asyncio.Event) -> None:

@@ -7,7 +7,8 @@ does the simulator: effects are only visible in the event stream and the REST st
 Choices where the upstream is undocumented:
 - ``end_call``: the agent's ``end_call`` system tool fires (agent_tool_request/response/full
   payload), then the conversation ends (sockets close 1000, status processing → done).
-- ``transfer_to_number``: needs ``parameters.phone_number`` in E.164; emits the
+- ``transfer_to_number``: phone (voice) calls only (in chat it is logged as not applied, and
+  nothing is emitted); needs ``parameters.phone_number`` in E.164; emits the
   ``transfer_to_number`` system tool frames with ``is_error`` false and then ends the call (the
   caller has left the agent). A missing or malformed number is not applied, and nothing is emitted.
 - ``contextual_update``: needs ``parameters.contextual_update`` (``text`` is accepted too); it is
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from schemas.commands import CHAT_ONLY, COMMAND_TYPES, E164
+from schemas.commands import CHAT_ONLY, COMMAND_TYPES, E164, PHONE_ONLY
 from simulator.script import ConversationScript, Frame
 
 
@@ -38,7 +39,7 @@ class Command:
 
 
 @dataclass
-class Outcome:
+class CommandEffect:
     """What a command did: ``accepted`` (applied), a short ``effect``, frames it produced."""
 
     accepted: bool
@@ -76,23 +77,29 @@ def _text_param(params: dict[str, Any], *names: str) -> str | None:
     return None
 
 
-def apply(script: ConversationScript, command: Command, now: float) -> Outcome:
+def apply(script: ConversationScript, command: Command, now: float) -> CommandEffect:
     """Apply ``command`` to a live conversation at virtual time ``now``."""
     if command.error is not None or command.command_type is None:
-        return Outcome(False, f"rejected: {command.error}")
+        return CommandEffect(False, f"rejected: {command.error}")
     kind = command.command_type
     params = command.parameters
     if script.finished:
-        return Outcome(False, "not applied: conversation already ended")
+        return CommandEffect(False, "not applied: conversation already ended")
     if kind in CHAT_ONLY and script.kind != "chat":
-        return Outcome(False, "not applied: voice conversation (human takeover is chat only)")
+        return CommandEffect(False, "not applied: voice conversation (human takeover is chat only)")
+    if kind in PHONE_ONLY and script.kind != "voice":
+        return CommandEffect(
+            False, "not applied: chat conversation (transfer_to_number is phone only)"
+        )
     if kind == "end_call":
-        return Outcome(True, "conversation ended", script.end_call(now), ends_conversation=True)
+        return CommandEffect(
+            True, "conversation ended", script.end_call(now), ends_conversation=True
+        )
     if kind == "transfer_to_number":
         number = _text_param(params, "phone_number")
         if number is None or not E164.match(number):
-            return Outcome(False, "rejected: phone_number missing or not E.164")
-        return Outcome(
+            return CommandEffect(False, "rejected: phone_number missing or not E.164")
+        return CommandEffect(
             True,
             "transferred; conversation ended",
             script.transfer(now, number),
@@ -100,21 +107,23 @@ def apply(script: ConversationScript, command: Command, now: float) -> Outcome:
         )
     if kind == "contextual_update":
         if _text_param(params, "contextual_update", "text") is None:
-            return Outcome(False, "rejected: contextual_update text missing")
-        return Outcome(True, "context noted (no visible effect)")
+            return CommandEffect(False, "rejected: contextual_update text missing")
+        return CommandEffect(True, "context noted (no visible effect)")
     if kind == "enable_human_takeover":
-        already = script.takeover
+        if script.takeover:
+            return CommandEffect(True, "takeover already enabled")
         script.takeover = True
-        return Outcome(True, "takeover already enabled" if already else "takeover enabled")
+        return CommandEffect(True, "takeover enabled", [script.operator(now, connected=True)])
     if kind == "disable_human_takeover":
-        was = script.takeover
+        if not script.takeover:
+            return CommandEffect(True, "takeover was not enabled")
         script.takeover = False
-        return Outcome(True, "takeover disabled" if was else "takeover was not enabled")
+        return CommandEffect(True, "takeover disabled", [script.operator(now, connected=False)])
     # send_human_message
     text = _text_param(params, "text")
     if text is None:
-        return Outcome(False, "rejected: text missing")
+        return CommandEffect(False, "rejected: text missing")
     if not script.takeover:
-        return Outcome(False, "not applied: human takeover is not enabled")
+        return CommandEffect(False, "not applied: human takeover is not enabled")
     script.human_message(text)
-    return Outcome(True, "human message queued as agent_response")
+    return CommandEffect(True, "human message queued as agent_response")

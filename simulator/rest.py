@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
-from simulator.state import Conversation
+from simulator.state import SimConversation
+from simulator.transcript import transcript_items
 
 LIST_PATH = "/v1/convai/conversations"
 STATUSES = ("initiated", "in-progress", "processing", "done", "failed")
@@ -65,7 +66,7 @@ def decode_cursor(cursor: str) -> int | None:
     return int(raw[4:])
 
 
-def summary(conv: Conversation, now_unix: float) -> JSON:
+def summary(conv: SimConversation, now_unix: float) -> JSON:
     script = conv.script
     return {
         "agent_id": conv.agent_id,
@@ -73,7 +74,7 @@ def summary(conv: Conversation, now_unix: float) -> JSON:
         "conversation_id": conv.conversation_id,
         "start_time_unix_secs": int(conv.start_unix),
         "call_duration_secs": conv.duration(now_unix),
-        "message_count": len(script.transcript),
+        "message_count": script.messages,
         "status": conv.status,
         "termination_reason": script.termination_reason if not conv.live else "",
         "call_successful": script.call_successful if not conv.live else "unknown",
@@ -87,7 +88,7 @@ def summary(conv: Conversation, now_unix: float) -> JSON:
     }
 
 
-def details(conv: Conversation, now_unix: float) -> JSON:
+def details(conv: SimConversation, now_unix: float) -> JSON:
     script = conv.script
     done = conv.status == "done"
     return {
@@ -102,15 +103,7 @@ def details(conv: Conversation, now_unix: float) -> JSON:
         "has_user_audio": script.kind == "voice",
         "has_response_audio": script.kind == "voice",
         "has_auxiliary_audio": False,
-        "transcript": [
-            {
-                "role": t.role,
-                "message": t.message,
-                "time_in_call_secs": t.time_in_call_secs,
-                "interrupted": t.interrupted,
-            }
-            for t in script.transcript
-        ],
+        "transcript": transcript_items(conv.generated),
         "metadata": {
             "start_time_unix_secs": int(conv.start_unix),
             "call_duration_secs": conv.duration(now_unix),
@@ -121,8 +114,7 @@ def details(conv: Conversation, now_unix: float) -> JSON:
         },
         "analysis": {
             "call_successful": script.call_successful,
-            "transcript_summary": f"A {script.kind} conversation with "
-            f"{len(script.transcript)} messages.",
+            "transcript_summary": f"A {script.kind} conversation with {script.messages} messages.",
         }
         if done
         else None,
@@ -141,7 +133,7 @@ def _int_param(query: dict[str, list[str]], name: str) -> int | Reply | None:
 
 
 def list_conversations(
-    conversations: Sequence[Conversation], query: dict[str, list[str]], now_unix: float
+    conversations: Sequence[SimConversation], query: dict[str, list[str]], now_unix: float
 ) -> Reply:
     """One page, newest first; ``conversations`` is indexed by ``seq``."""
     page_size = _int_param(query, "page_size")
@@ -207,8 +199,8 @@ def list_conversations(
 class RestApp:
     """Routes a GET to an answer; ``lookup`` finds conversations, ``status`` the sim status."""
 
-    conversations: Sequence[Conversation]
-    lookup: Callable[[str], Conversation | None]
+    conversations: Sequence[SimConversation]
+    lookup: Callable[[str], SimConversation | None]
     status: Callable[[], JSON]
     check_key: Callable[[str | None], bool]
     error_rate: float = 0.0

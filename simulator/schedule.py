@@ -68,7 +68,7 @@ class Reorder:
 class Disconnects:
     """When to drop a monitor socket next and how (mean ``every`` seconds, exponential)."""
 
-    KINDS = ("abort", 1011, 1012, "abort", 1011)
+    KINDS = ("abort", 1011, 1002, "abort", 1011)
 
     def __init__(self, every: float, seed: int) -> None:
         self.every = every
@@ -80,6 +80,7 @@ class Disconnects:
         return now + self._rng.expovariate(1.0 / self.every)
 
     def how(self) -> str | int:
-        """An abrupt TCP drop (``"abort"``) or a close code (1011 internal error, 1012 restart)."""
+        """An abrupt TCP drop (``"abort"``) or a close code of the AsyncAPI (1011 internal
+        error, 1002 operational error)."""
         kind: str | int = self._rng.choice(self.KINDS)
         return kind

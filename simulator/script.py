@@ -20,9 +20,12 @@ Choices where the upstream is undocumented (UPSTREAM.md §2):
   "message"}}``; ``guardrail_triggered`` (AsyncAPI: only ``type``):
   ``{"guardrail_triggered_event": {"event_id", "guardrail_type", "action"}}``.
 - ``asr_initiation_metadata_event`` holds ``{"asr_model", "language", "sample_rate"}``.
-- Every frame is unique text within its conversation by construction (event ids, distinct
-  tool-call ids per state, distinct prefixes/chunks); ``internal_tentative_agent_response``,
-  which has no id, is made unique with a per-conversation check.
+- Without ``repeat_ratio`` every frame is unique text within its conversation by construction
+  (event ids, distinct tool-call ids per state, distinct prefixes/chunks);
+  ``internal_tentative_agent_response``, which has no id, is made unique with a
+  per-conversation check. With it, about that share of frames repeat the exact text of an
+  earlier chat delta, status or metadata frame (half of them one of the last three such
+  frames), drawn from a generator of their own so the other frames stay the same.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ WEBHOOK_TOOLS = [
     "search_knowledge_base",
     "create_ticket",
 ]
+# What an escalating user says (--escalation-ratio); rules match "talk to a human".
+ESCALATION = "Can I talk to a human, please?"
 CLIENT_TOOLS = ["show_product_card", "open_checkout", "highlight_field", "set_volume"]
 MCP_TOOLS = [
     ("svc_crm", "crm_find_contact", "Find a contact in the CRM"),
@@ -165,17 +170,25 @@ class Frame:
 
 
 @dataclass
-class TranscriptEntry:
-    role: str
-    message: str
-    time_in_call_secs: int
-    interrupted: bool = False
-
-
-@dataclass
 class ScriptParams:
     turns: float = 6.0
     chat_ratio: float = 0.3
+    escalation_ratio: float = 0.0
+    repeat_ratio: float = 0.0  # share of frames that repeat an earlier frame's exact text
+
+
+# Frames whose text legitimately repeats upstream: chat deltas, status and metadata frames.
+REPEATABLE = frozenset(
+    {
+        "agent_chat_response_part",
+        "agent_response_metadata",
+        "agent_response_complete",
+        "mcp_connection_status",
+        "context_usage",
+        "tentative_user_transcript",
+        "internal_tentative_agent_response",
+    }
+)
 
 
 @dataclass
@@ -197,13 +210,21 @@ class ConversationScript:
         self.turns = max(1, round(self.rng.uniform(0.5 * mean, 1.5 * mean)))
         self.model = self.rng.choice(list(MODELS))
         self.ends_with_end_call = self.rng.random() < 0.6
+        # Its own stream, so that the ratio leaves every other frame of the seed unchanged.
+        escalation = random.Random(f"{self.seed}:{self.number}:escalation")
+        self.escalation_turn: int | None = (  # early on, so that there is time to act
+            escalation.randrange(max(1, self.turns // 2))
+            if escalation.random() < self.params.escalation_ratio
+            else None
+        )
+        self._user_turns = 0
         self.now = self.start_virtual
         self.index = 0
         self.event_id = 0
         self.finished = False
         self.takeover = False
         self.termination_reason = ""
-        self.transcript: list[TranscriptEntry] = []
+        self.messages = 0  # user and agent turns said so far (the REST message_count)
         self.tool_names: list[str] = []
         self.call_successful = "unknown"
         self._pending: deque[JSON] = deque()
@@ -211,6 +232,11 @@ class ConversationScript:
         self._seen_tentative: set[str] = set()
         self._context_tokens = self.rng.randint(800, 2500)
         self._tool_seq = 0
+        self._repeat_rng = random.Random(f"{self.seed}:{self.number}:repeat")
+        # Some chat conversations number their parts with strings (as the client-events page
+        # shows): a choice of their own, so the other frames stay the same.
+        self.string_part_ids = random.Random(f"{self.seed}:{self.number}:ids").random() < 0.3
+        self._repeatable: list[Frame] = []
         self._gen = self._script()
 
     # ----- pull interface -------------------------------------------------------------------
@@ -223,6 +249,9 @@ class ConversationScript:
         if self.finished:
             return None
         self.now = now
+        repeat = self._repeat()
+        if repeat is not None:
+            return repeat
         if not self._pending:
             try:
                 self._pending.append(next(self._gen))
@@ -235,6 +264,19 @@ class ConversationScript:
                 self.call_successful = "success" if self.rng.random() < 0.8 else "failure"
                 return None
         return self._encode(self._pending.popleft())
+
+    def _repeat(self) -> Frame | None:
+        """Now and then the exact text of an earlier repeatable frame: half the time one of the
+        last few (a chat delta or status frame sent again), else any earlier one."""
+        ratio = self.params.repeat_ratio
+        if not ratio or not self._repeatable or self._repeat_rng.random() >= ratio:
+            return None
+        pool = self._repeatable
+        near = self._repeat_rng.random() < 0.5
+        old = pool[self._repeat_rng.randrange(max(0, len(pool) - 3) if near else 0, len(pool))]
+        index = self.index
+        self.index += 1
+        return Frame(old.type, old.text, index, old.event_id)
 
     # ----- command effects (see simulator.commands) -------------------------------------------
     def end_call(self, now: float) -> list[Frame]:
@@ -260,6 +302,22 @@ class ConversationScript:
         self.call_successful = "success"
         return frames
 
+    def error(self, now: float, code: int, number: int) -> Frame:
+        """The ``error`` frame the upstream sends before closing with ``code`` (the ``number``
+        of the drop keeps its text unique)."""
+        self.now = now
+        kind = "unknown" if code == 1011 else "transport_receive_timeout"
+        return self._encode(
+            {
+                "type": "error",
+                "error_event": {
+                    "code": code,
+                    "error_type": kind,
+                    "reason": f"connection dropped ({number})",
+                },
+            }
+        )
+
     def human_message(self, text: str) -> None:
         """Queue a human operator's message; emitted at the next turn boundary."""
         self._injections.append(text)
@@ -271,21 +329,23 @@ class ConversationScript:
         kind = payload["type"]
         body = next((v for k, v in payload.items() if k != "type"), None)
         eid = body.get("event_id") if isinstance(body, dict) else None
-        if kind == "user_transcript":
-            self.transcript.append(
-                TranscriptEntry("user", body["user_transcript"] if body else "", self._secs())
-            )
-        elif kind == "agent_response" and body:
-            self.transcript.append(TranscriptEntry("agent", body["agent_response"], self._secs()))
-        elif kind == "interruption" and self.transcript:
-            self.transcript[-1].interrupted = True
-        elif kind == "agent_tool_request" and body:
+        self._transcribe(kind, body)
+        frame = Frame(
+            kind, orjson.dumps(payload).decode(), index, eid if isinstance(eid, int) else None
+        )
+        if kind in REPEATABLE:
+            self._repeatable.append(frame)
+        return frame
+
+    def _transcribe(self, kind: str, body: Any) -> None:
+        """Count the turns and name the tools for the REST summary; the transcript itself is
+        rebuilt from the frames (``simulator.transcript``), so it cannot disagree with them."""
+        if kind in ("user_transcript", "agent_response"):
+            self.messages += 1
+        elif kind == "agent_tool_request":
             name = body["tool_name"]
             if name not in self.tool_names:
                 self.tool_names.append(name)
-        return Frame(
-            kind, orjson.dumps(payload).decode(), index, eid if isinstance(eid, int) else None
-        )
 
     def _secs(self) -> int:
         return max(0, int(self.now - self.start_virtual))
@@ -309,6 +369,13 @@ class ConversationScript:
             f"I would like to {r.choice(_VERBS)} {r.choice(_SUBJECTS)} {r.choice(_FILLERS)}"
         ).strip()
 
+    def _escalated(self, text: str) -> str:
+        """The final transcript of a user turn; the escalation turn ends asking for a human
+        (after the tentative transcripts, so that no other random draw changes)."""
+        turn = self._user_turns
+        self._user_turns += 1
+        return f"{text} {ESCALATION}" if turn == self.escalation_turn else text
+
     def _agent_text(self) -> str:
         r = self.rng
         body = r.choice(_BODIES).format(s=r.choice(_SUBJECTS))
@@ -319,9 +386,21 @@ class ConversationScript:
             text = self._injections.popleft()
             eid = self._turn()
             yield {
+                "type": "agent_typing",
+                "agent_typing_event": {"is_typing": True, "duration_ms": 200 + eid},
+            }
+            yield {
                 "type": "agent_response",
                 "agent_response_event": {"agent_response": text, "event_id": eid},
             }
+
+    def operator(self, now: float, connected: bool) -> Frame:
+        """``external_agent_connected`` / ``external_agent_disconnected``: a human operator
+        takes over or hands back (the event object is empty upstream; a turn id keeps the
+        text unique)."""
+        self.now = now
+        kind = "external_agent_connected" if connected else "external_agent_disconnected"
+        return self._encode({"type": kind, f"{kind}_event": {"event_id": self._turn()}})
 
     # ----- the script -------------------------------------------------------------------------
     def _script(self) -> Iterator[JSON]:
@@ -389,7 +468,10 @@ class ConversationScript:
                 }
         yield {
             "type": "user_transcript",
-            "user_transcription_event": {"user_transcript": text, "event_id": eid},
+            "user_transcription_event": {
+                "user_transcript": self._escalated(text),
+                "event_id": eid,
+            },
         }
         if self.kind == "voice" and r.random() < 0.04:
             yield {
@@ -483,8 +565,9 @@ class ConversationScript:
         if last and self.ends_with_end_call:
             yield from self._system_tool("end_call", eid, '{"ended":true}')
 
-    def _chat_parts(self, text: str, eid: int) -> Iterator[JSON]:
+    def _chat_parts(self, text: str, turn: int) -> Iterator[JSON]:
         r = self.rng
+        eid: int | str = f"evt_{turn:06d}" if self.string_part_ids else turn
         words = text.split()
         chunks: list[str] = []
         i = 0

@@ -10,16 +10,27 @@ Choices where the upstream is undocumented:
   an unknown conversation closes 1008 ``conversation not found``; an ended one (status no longer
   ``in-progress``) closes 1008 ``conversation has ended``.
 - No connection limit per conversation; several monitors get the same frames.
-- Replay on connect: the last 100 frames generated, in generation order, unmarked; then every
+- Replay on connect: the last 100 frames generated, in generation order, unmarked (with
+  ``--replay-markers``: after ``{"type":"connected"}`` and followed by
+  ``{"type":"history_complete"}``, as the OpenTelemetry session shape documents); then every
   frame generated after the connect, with the reorder jitter. A frame still held back by the
   jitter at connect time comes in the replay only: one connection never gets a frame twice.
-- Drops (``--disconnect-every``): an abrupt TCP abort, or a close with 1011 or 1012. Frames
-  queued for a dropped socket are lost (the next connection's replay covers them).
+- Drops (``--disconnect-every``): an abrupt TCP abort, or an ``error`` frame (a frame of the
+  conversation: in the ground truth and the replay) then a close with 1011 or 1002 (close
+  codes of the AsyncAPI). Frames queued for a dropped socket are lost (the next connection's
+  replay covers them).
 - A monitor that falls more than 10,000 frames behind is closed with 1011 (slow consumer).
 - The server sends no WebSocket pings (clients may ping; the server answers), and does not
   negotiate compression, to keep the simulator cheap at 1,000 sockets.
 - At the end of a conversation sockets close 1000 once every frame's jittered send time has
   passed; shutting the simulator down closes them 1001.
+- Statuses: ``initiated`` (``--initiated-seconds``; a monitor is refused with 1008
+  ``conversation has not started``), ``in-progress``, then ``processing``, then ``done``
+  (``failed`` for about 5 %).
+- ``--monitoring-events``: an agent's monitors stream only the selected types (and ``error``
+  frames before an error close); the other frames are generated as usual, reach the REST
+  transcript, and are neither replayed nor in the ground truth, which lists what a monitor can
+  receive.
 """
 
 from __future__ import annotations
@@ -43,17 +54,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from convostream.logs import get_logger
-from simulator import commands, schedule
-from simulator.rest import RestApp
+from simulator import commands, schedule, transcript
+from simulator.rest import RestApp, details
 from simulator.schedule import Disconnects, Reorder, Timeline
 from simulator.script import ConversationScript, Frame, ScriptParams, make_agents
 from simulator.settings import SimulatorSettings
-from simulator.state import Conversation
+from simulator.state import SimConversation
+from simulator.webhook import WebhookSender
 
+CONNECTED = '{"type":"connected"}'
+HISTORY_COMPLETE = '{"type":"history_complete"}'
 MONITOR_PATH = re.compile(r"^/v1/convai/conversations/([^/?#]+)/monitor/?(?:\?.*)?$")
 MAX_QUEUE = 10_000
+FAILED = 0.05  # share of conversations whose final status is "failed" instead of "done"
 MAX_TICK = 0.05
 MIN_TICK = 0.002
+BUSY_SLICE = 0.02  # seconds of due actions run before the loop lets sockets and REST in
 FLUSH_EVERY = 0.25
 
 log = get_logger("simulator")
@@ -64,7 +80,7 @@ class Connection:
 
     __slots__ = ("aborted", "closing", "conv", "id", "queue", "replayed", "sim", "wake", "ws")
 
-    def __init__(self, sim: Simulator, ws: ServerConnection, conv: Conversation, ident: int):
+    def __init__(self, sim: Simulator, ws: ServerConnection, conv: SimConversation, ident: int):
         self.sim = sim
         self.ws = ws
         self.conv = conv
@@ -123,12 +139,22 @@ class Simulator:
         self.settings = settings
         self._key = settings.sim_api_key.get_secret_value().encode()
         self.agents = make_agents(settings.sim_seed, settings.sim_agents)
-        self.params = ScriptParams(turns=settings.sim_turns, chat_ratio=settings.sim_chat_ratio)
+        self.selection = {
+            self.agents[i].agent_id: types
+            for i, types in settings.selection().items()
+            if i < len(self.agents)
+        }
+        self.params = ScriptParams(
+            turns=settings.sim_turns,
+            chat_ratio=settings.sim_chat_ratio,
+            escalation_ratio=settings.sim_escalation_ratio,
+            repeat_ratio=settings.sim_repeat_ratio,
+        )
         self.timeline = Timeline()
         self.reorder = Reorder(settings.sim_reorder_ms, settings.sim_seed)
         self.disconnects = Disconnects(settings.sim_disconnect_every, settings.sim_seed)
-        self.conversations: list[Conversation] = []
-        self.by_id: dict[str, Conversation] = {}
+        self.conversations: list[SimConversation] = []
+        self.by_id: dict[str, SimConversation] = {}
         self.rest = RestApp(
             self.conversations,
             self.by_id.get,
@@ -137,6 +163,12 @@ class Simulator:
             settings.sim_rest_error_rate,
             random.Random(f"{settings.sim_seed}:r"),
         )
+        self.outage = settings.outage()
+        self.webhooks: WebhookSender | None = None
+        if settings.sim_webhook_url and settings.sim_webhook_secret is not None:
+            secret = settings.sim_webhook_secret.get_secret_value().encode()
+            self.webhooks = WebhookSender(settings.sim_webhook_url, secret)
+        self.handshakes_refused = 0
         self._slot_gen = [0] * settings.sim_conversations
         self._slot_rng = random.Random(f"{settings.sim_seed}:slots")
         self._pending_starts = 0
@@ -220,6 +252,8 @@ class Simulator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
+        if self.webhooks is not None:
+            await self.webhooks.close()
         for f in (self._gt, self._cmdlog):
             if f is not None:
                 f.flush()
@@ -258,11 +292,14 @@ class Simulator:
             "connections_total": self.connections_total,
             "drops": self.drops,
             "commands_received": self.commands_received,
+            "handshakes_refused": self.handshakes_refused,
+            "webhooks_delivered": self.webhooks.delivered if self.webhooks else 0,
+            "webhooks_failed": self.webhooks.failed if self.webhooks else 0,
             "finished": self.finished,
             "uptime_secs": round(self.now(), 3) if self._t0 else 0.0,
         }
 
-    def live_conversations(self) -> Iterator[Conversation]:
+    def live_conversations(self) -> Iterator[SimConversation]:
         return (c for c in self.conversations if c.live)
 
     # ----- scheduling -----------------------------------------------------------------------
@@ -277,13 +314,19 @@ class Simulator:
         try:
             while True:
                 now = loop.time() - self._t0
-                for item in self.timeline.pop_due(now):
+                slice_end = loop.time() + BUSY_SLICE
+                for count, item in enumerate(self.timeline.pop_due(now), 1):
                     self._dispatch(item)
+                    if count % 64 == 0 and loop.time() > slice_end:
+                        break  # behind schedule: serve sockets and REST, then catch up
                 if now - self._last_flush >= FLUSH_EVERY and self._gt is not None:
                     self._gt.flush()
                     self._last_flush = now
                 nxt = self.timeline.next_due()
                 delay = MAX_TICK if nxt is None else min(MAX_TICK, nxt - (loop.time() - self._t0))
+                if delay <= 0:
+                    await asyncio.sleep(0)  # one pass of ready I/O callbacks, no idle wait
+                    continue
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(MIN_TICK, delay))
@@ -294,10 +337,12 @@ class Simulator:
     def _dispatch(self, item: schedule.Due) -> None:
         kind = item.kind
         if kind == schedule.GENERATE:
-            conv: Conversation = item.payload
+            conv: SimConversation = item.payload
             script = conv.script
             if conv.ended:
                 return
+            if conv.status == "initiated":
+                conv.status = "in-progress"
             frame = script.next_frame(item.due)
             if frame is None:
                 self._end(conv, item.due)
@@ -326,8 +371,10 @@ class Simulator:
             )
         elif kind == schedule.DONE:
             conv = item.payload
-            conv.status = "done"
+            conv.status = "failed" if conv.fails else "done"
             self._done += 1
+            if self.webhooks is not None:
+                self.webhooks.send(details(conv, time.time()))
             if self._pending_starts == 0 and self._done == len(self.conversations):
                 self._finished.set()
                 if self._gt is not None:
@@ -341,8 +388,12 @@ class Simulator:
             how = self.disconnects.how()
             if how == "abort":
                 conn.abort()
-            else:
-                conn.close(int(how), "simulated drop", flush=False)
+            else:  # an error close is announced by an error frame, part of the conversation
+                code = int(how)
+                frame = conn.conv.script.error(item.due, code, self.drops)
+                conn.close(code, "simulated drop", flush=False)
+                conn.queue.appendleft(frame.text)  # the error frame, then the close
+                self._emit(conn.conv, frame, item.due)  # closing: not pushed to it twice
 
     def _start_conversation(self, due: float, slot: int, number: int) -> None:
         self._pending_starts -= 1
@@ -350,13 +401,22 @@ class Simulator:
             random.Random(f"{self.settings.sim_seed}:{number}:agent").randrange(len(self.agents))
         ]
         script = ConversationScript(self.settings.sim_seed, number, agent, self.params, due)
-        conv = Conversation(len(self.conversations), slot, script, self._t0_wall + due)
+        conv = SimConversation(len(self.conversations), slot, script, self._t0_wall + due)
+        conv.fails = random.Random(f"{self.settings.sim_seed}:{number}:fails").random() < FAILED
+        conv.streamed = self.selection.get(agent.agent_id)
+        initiated = self.settings.sim_initiated_seconds
+        if initiated > 0:
+            conv.status = "initiated"
         self.conversations.append(conv)
         self.by_id[conv.conversation_id] = conv
-        self.timeline.push(due, schedule.GENERATE, conv.seq, conv)
+        self.timeline.push(due + initiated, schedule.GENERATE, conv.seq, conv)
 
-    def _emit(self, conv: Conversation, frame: Frame, at: float) -> None:
+    def _emit(self, conv: SimConversation, frame: Frame, at: float) -> None:
         conv.frames += 1
+        if frame.type in transcript.KINDS:  # only these: a long call's frames would pile up
+            conv.generated.append((at - conv.script.start_virtual, frame.text))
+        if conv.streamed is not None and frame.type not in conv.streamed and frame.type != "error":
+            return  # outside the agent's monitoring_events: never reaches a monitor
         self.frames_generated += 1
         conv.replay.append(frame.text)
         if self._gt is not None:
@@ -379,7 +439,7 @@ class Simulator:
             for conn in conv.monitors:
                 conn.push(frame.text)
 
-    def _end(self, conv: Conversation, at: float) -> None:
+    def _end(self, conv: SimConversation, at: float) -> None:
         conv.ended = True
         conv.end_unix = self._t0_wall + at
         self.timeline.push(at + self.reorder.max_s + 0.0005, schedule.CLOSE, conv.seq, conv)
@@ -395,6 +455,9 @@ class Simulator:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if MONITOR_PATH.match(request.path):
+            if self.outage is not None and self.outage[0] <= self.now() < self.outage[1]:
+                self.handshakes_refused += 1
+                return _plain(503, "monitor unavailable (simulated outage)")
             return None
         reply = self.rest.handle(request.path, request.headers.get("xi-api-key"), time.time())
         headers = Headers(
@@ -416,12 +479,20 @@ class Simulator:
         if conv is None:
             await ws.close(1008, "conversation not found")
             return
+        if conv.status == "initiated":
+            await ws.close(1008, "conversation has not started")
+            return
         if not conv.live:
             await ws.close(1008, "conversation has ended")
             return
         self._conn_ids += 1
         conn = Connection(self, ws, conv, self._conn_ids)
-        conn.queue.extend(conv.replay)
+        if self.settings.sim_replay_markers:
+            conn.queue.append(CONNECTED)
+            conn.queue.extend(conv.replay)
+            conn.queue.append(HISTORY_COMPLETE)
+        else:
+            conn.queue.extend(conv.replay)
         conv.monitors.add(conn)
         self.sockets_open += 1
         self.connections_total += 1
@@ -443,7 +514,7 @@ class Simulator:
                     await asyncio.wait_for(asyncio.shield(writer), 2)
             writer.cancel()
 
-    def _on_command(self, conv: Conversation, conn: Connection, message: str | bytes) -> None:
+    def _on_command(self, conv: SimConversation, conn: Connection, message: str | bytes) -> None:
         received = time.time()
         self.commands_received += 1
         command = commands.parse(message)
@@ -485,6 +556,12 @@ _REASONS = {
     429: "Too Many Requests",
     503: "Service Unavailable",
 }
+
+
+def _plain(status: int, text: str) -> Response:
+    body = text.encode()
+    headers = Headers({"Content-Type": "text/plain", "Content-Length": str(len(body))})
+    return Response(status, _REASONS.get(status, "Error"), headers, body)
 
 
 def _open(path: Path) -> IO[bytes]:

@@ -12,15 +12,19 @@ REPLAY_SIZE = 100
 
 
 @dataclass(eq=False)
-class Conversation:
+class SimConversation:
     """A conversation as the simulated upstream knows it.
 
-    ``status`` moves ``in-progress`` → ``processing`` → ``done``. ``ended`` is set when the
-    script is over (or a command ended the call); the status leaves ``in-progress`` only once
-    the last frame has been sent, so a monitor that reconnects in between still gets it.
+    ``status`` moves ``initiated`` → ``in-progress`` → ``processing`` → ``done`` (or
+    ``failed``); the first frame is generated as it becomes ``in-progress``. ``ended``
+    is set when the script is over (or a command ended the call); the status leaves
+    ``in-progress`` only once the last frame has been sent, so a monitor that reconnects in
+    between still gets it.
     ``replay`` keeps the last :data:`REPLAY_SIZE` frame texts in generation order for monitors
     that (re)connect.
     ``monitors`` holds the open monitor connections (server objects).
+    ``generated`` keeps every frame of the types a transcript is built from, with its time in
+    the call: the REST transcript is built from it (``simulator.transcript``).
     """
 
     seq: int
@@ -28,11 +32,14 @@ class Conversation:
     script: ConversationScript
     start_unix: float
     status: str = "in-progress"
+    streamed: frozenset[str] | None = None  # the agent's monitoring_events; None: every type
+    fails: bool = False  # ends "failed" rather than "done"
     end_unix: float | None = None
     ended: bool = False
     frames: int = 0
     replay: deque[str] = field(default_factory=lambda: deque(maxlen=REPLAY_SIZE))
     monitors: set[Any] = field(default_factory=set)
+    generated: list[tuple[float, str]] = field(default_factory=list)  # (secs in call, frame)
 
     @property
     def conversation_id(self) -> str:

@@ -26,6 +26,8 @@ class SimulatorFactory:
         values = {k if k.startswith("sim_") else f"sim_{k}": v for k, v in knobs.items()}
         values.setdefault("sim_api_key", API_KEY)
         values.setdefault("sim_port", 0)
+        # Sockets opened right after start would meet "initiated" (1008): tests of that ask.
+        values.setdefault("sim_initiated_seconds", 0.0)
         sim = Simulator(SimulatorSettings(_env_file=None, **values))
         await sim.start()
         self.started.append(sim)

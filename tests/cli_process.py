@@ -19,12 +19,14 @@ class CliProcess:
         log_dir: Path,
         name: str | None = None,
         stop_timeout: float = 30.0,
+        cwd: Path | None = None,
     ) -> None:
         self.command = command
         self.env = env
         self.log_dir = log_dir
         self.name = name or command
         self.stop_timeout = stop_timeout
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
 
@@ -37,6 +39,7 @@ class CliProcess:
                 env={**os.environ, "CONVOSTREAM_LOG_FORMAT": "json", **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                cwd=self.cwd,
             )
 
     def kill(self) -> None:

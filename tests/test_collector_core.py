@@ -1,4 +1,4 @@
-"""Sans-I/O parts of the collector: ownership ledger, hand-over records, back-off, echoes."""
+"""Sans-I/O parts of the collector: ownership ledger, hand-overs, checkpoints, back-off."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import random
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from ingest.backoff import Backoff, retry_after
-from ingest.lifecycle import observe, record, released
+from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.ownership import Ledger, partition_for
-from ingest.replay import ReplayFilter, frame_digest
+from ingest.replay import DIGEST_SIZE, ReplayFilter, Verdict, frame_digest
+from upstream.backoff import Backoff, retry_after
 
 
 def test_partition_matches_the_default_partitioner() -> None:
@@ -35,6 +35,19 @@ def test_ledger_commits_at_the_oldest_live_conversation() -> None:
     assert not ledger.is_live("b")
 
 
+def test_a_partition_whose_end_offset_is_unknown_waits_for_it_and_stays_owned() -> None:
+    """Ownership never hangs on a broker answer given inside the rebalance callback."""
+    ledger = Ledger(1)
+    ledger.assign(0)
+    ledger.apply(0, 0, observe(record("a", "monitoring")))
+    assert ledger.waiting() == [0]
+    assert not ledger.ready(0, 10**6)  # not ready on a guess
+    assert ledger.is_live("a")  # but its records are folded in meanwhile
+    ledger.catch_up(0, 1)
+    assert ledger.waiting() == []
+    assert ledger.ready(0, 1)
+
+
 def test_discovery_claims_only_new_conversations_of_owned_partitions() -> None:
     ledger = Ledger(12)
     mine = next(f"c{i}" for i in range(100) if partition_for(f"c{i}", 12) == 3)
@@ -46,46 +59,75 @@ def test_discovery_claims_only_new_conversations_of_owned_partitions() -> None:
 
 
 def test_hand_over_record_carries_the_history() -> None:
-    history = [frame_digest(f"f{i}".encode()) for i in range(128)]
+    history = b"".join(frame_digest(f"f{i}".encode()) for i in range(128))
     seen = observe(released("c", "a", "collector-1", history))
     assert seen.live
     assert seen.history == history
     assert observe(record("c", "monitoring", detail={"released": True})).history is None
 
 
+def test_checkpoints_extend_the_history_a_new_owner_starts_from() -> None:
+    ledger = Ledger(1)
+    ledger.assign(0, end_offset=0)
+    digests = [frame_digest(f"f{i}".encode()) for i in range(30)]
+    ledger.apply(0, 0, observe(record("c", "discovered")))
+    ledger.apply(0, 1, observe(checkpoint("c", None, "k0", 0, b"".join(digests[:10]))))
+    ledger.apply(0, 2, observe(checkpoint("c", None, "k0", 10, b"".join(digests[10:30]))))
+    assert ledger.owned[0].live["c"].history == b"".join(digests)
+    ledger.apply(0, 3, observe(released("c", None, "k0", b"".join(digests[:5]))))
+    assert ledger.owned[0].live["c"].history == b"".join(digests[:5])
+
+
+def _close(replay: ReplayFilter, frames: list[bytes], now: float) -> list[Verdict]:
+    """Send ``frames`` as a replay burst closed by ``history_complete``."""
+    replay.connected(now)
+    replay.marker("connected", now)
+    held = [v for f in frames for v in replay.observe(frame_digest(f), now)[0]]
+    return held + replay.marker("history_complete", now)[0]
+
+
 def test_seeded_filter_drops_the_replay_of_a_previous_owner() -> None:
     frames = [f'{{"n":{i}}}'.encode() for i in range(150)]
-    old = ReplayFilter(window=128)
-    old.connected(0.0)
+    old = ReplayFilter()
+    _close(old, [], 0.0)
     for i, f in enumerate(frames):
         old.observe(frame_digest(f), 1.0 + i)
-    new = ReplayFilter(window=128)
+    new = ReplayFilter()
     new.seed(old.history())
-    new.connected(500.0)
-    verdicts = [new.observe(frame_digest(f), 500.001)[0] for f in frames[-100:]]
-    assert all(v.duplicate for v in verdicts)
+    assert all(v.duplicate for v in _close(new, frames[-100:], 500.0))
 
 
-def test_frame_replayed_while_in_flight_is_dropped_when_it_comes_live() -> None:
-    replay = ReplayFilter(echo_window=1.0)
-    replay.connected(0.0)
-    first, _ = replay.observe(frame_digest(b"x"), 0.001)
-    echo, _ = replay.observe(frame_digest(b"x"), 0.5)
-    later, _ = replay.observe(frame_digest(b"x"), 5.0)
-    assert not first.duplicate
-    assert echo.duplicate
-    assert not later.duplicate  # outside the window: a genuine repeat
+def test_checkpoint_then_crash_recovers_what_the_replay_holds_with_the_same_keys() -> None:
+    ping = b'{"type":"agent_response_complete"}'
+    frames = [ping if i % 10 == 0 else f'{{"n":{i}}}'.encode() for i in range(150)]
+    old = ReplayFilter()
+    _close(old, [], 0.0)
+    published = [old.observe(frame_digest(f), 1.0 + i)[0][0] for i, f in enumerate(frames)]
+    new = ReplayFilter()
+    new.seed(old.history()[: 120 * DIGEST_SIZE])  # its last checkpoint covered 120 frames
+    verdicts = _close(new, frames[-100:], 500.0)
+    assert [v.duplicate for v in verdicts] == [True] * 70 + [False] * 30
+    assert [v.occurrence for v in verdicts[70:]] == [v.occurrence for v in published[120:]]
+    assert new.gaps == 0
+
+
+def test_crash_take_over_past_the_replay_window_reports_a_gap() -> None:
+    frames = [f'{{"n":{i}}}'.encode() for i in range(250)]
+    new = ReplayFilter()
+    new.seed(b"".join(frame_digest(f) for f in frames[:100]))  # checkpoint: 100 frames
+    _close(new, frames[-100:], 1.0)  # 50 frames in between are nowhere
+    fresh = ReplayFilter()  # no checkpoint at all
+    _close(fresh, frames[-100:], 1.0)
+    assert (new.gaps, fresh.gaps) == (1, 1)
 
 
 def test_replay_tolerates_live_frames_that_overtook_each_other() -> None:
     replay = ReplayFilter()
-    replay.connected(0.0)
+    _close(replay, [], 0.0)
     live = [b"a", b"c", b"b", b"d"]  # b and c swapped on the wire
     for i, f in enumerate(live):
         replay.observe(frame_digest(f), 1.0 + i)
-    replay.connected(10.0)
-    verdicts = [replay.observe(frame_digest(f), 10.001)[0] for f in (b"b", b"c", b"d")]
-    assert all(v.duplicate for v in verdicts)
+    assert all(_close(replay, [b"b", b"c", b"d"], 10.0))
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:

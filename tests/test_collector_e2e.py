@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "xi-SECRET-" + uuid.uuid4().hex  # distinctive, so a leak anywhere is found by grep
 SIM = {"reorder_ms": 300, "disconnect_every": 5, "events_per_second": 6, "ramp_seconds": 3}
-
-
-async def _setup(kafka_broker: Any, simulator_factory: Any, tmp_path: Path, **knobs: Any) -> Any:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    await create_topics(kafka_broker.bootstrap, prefix=prefix)
-    sim = await simulator_factory(
-        api_key=SECRET, seed=11, ground_truth=tmp_path / "truth.jsonl", **{**SIM, **knobs}
-    )
-    return prefix, sim
 
 
 async def _drain(sim: Any, collectors: list[CollectorProcess], timeout: float = 120) -> None:
@@ -74,10 +66,39 @@ async def _scrape(port: int) -> str:
         return await resp.text()
 
 
+async def _topics(kafka_broker: Any) -> tuple[str, int]:
+    """A topic prefix of its own, and the port the simulator will listen on."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_broker.bootstrap, prefix=prefix)
+    return prefix, free_port()
+
+
+async def _late_sim(simulator_factory: Any, tmp_path: Path, port: int, **knobs: Any) -> Any:
+    """The simulator, started once the collectors run: a conversation over before any
+    collector exists is out of every collector's reach (discovery lists in-progress ones)."""
+    return await simulator_factory(
+        api_key=SECRET,
+        seed=11,
+        ground_truth=tmp_path / "truth.jsonl",
+        port=port,
+        **{**SIM, **knobs},
+    )
+
+
+async def _started(collector: CollectorProcess, timeout: float = 120) -> None:
+    """Until the collector says it joined its group (start-up takes seconds on a busy machine)."""
+    async with asyncio.timeout(timeout):
+        while '"collector started"' not in collector.log_text():
+            assert collector.alive(), collector.log_text()[-3000:]
+            await asyncio.sleep(0.1)
+
+
 async def test_two_collectors_publish_every_frame_exactly_once(
     kafka_broker: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
-    prefix, sim = await _setup(kafka_broker, simulator_factory, tmp_path, conversations=60)
+    # Agent 1 streams three types only (monitoring_events): fewer frames is not loss.
+    restricted = "user_transcript,agent_response,agent_chat_response_part"
+    prefix, sim_port = await _topics(kafka_broker)
     group = f"g-{uuid.uuid4().hex[:8]}"
     ports = [free_port(), free_port()]
     collectors = [
@@ -85,7 +106,7 @@ async def test_two_collectors_publish_every_frame_exactly_once(
             f"c{i}",
             collector_env(
                 kafka_broker.bootstrap,
-                sim.url,
+                f"http://127.0.0.1:{sim_port}",
                 SECRET,
                 prefix,
                 group,
@@ -97,6 +118,11 @@ async def test_two_collectors_publish_every_frame_exactly_once(
     ]
     for collector in collectors:
         collector.start()
+    for collector in collectors:
+        await _started(collector)
+    sim = await _late_sim(
+        simulator_factory, tmp_path, sim_port, conversations=60, monitoring_events=f"1={restricted}"
+    )
     await sim.wait_finished(120)
     await asyncio.sleep(2.0)
     scraped = [await _scrape(port) for port in ports]
@@ -109,6 +135,15 @@ async def test_two_collectors_publish_every_frame_exactly_once(
     assert check.duplicates == 0, [(k[0], k[1][:40], c) for k, c in check.copies.items()]
     assert check.order_violations == 0
     assert sim.status()["drops"] > 0  # the run did exercise reconnects
+    selective = {c.conversation_id for c in sim.conversations if c.streamed is not None}
+    assert selective
+    streamed = {r.value["type"] for r in events if r.value["conversation_id"] in selective}
+    assert streamed <= {*restricted.split(","), "error"}  # and the error frame of an error close
+    assert [
+        r
+        for r in lifecycle
+        if r.value["conversation_id"] in selective and r.value["state"] == "gap"
+    ] == []
 
     states: dict[str, set[str]] = {}
     for rec in lifecycle:
@@ -148,12 +183,15 @@ async def test_two_collectors_publish_every_frame_exactly_once(
 async def test_killed_collector_loses_nothing(
     kafka_broker: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
-    prefix, sim = await _setup(kafka_broker, simulator_factory, tmp_path, conversations=60)
+    prefix, port = await _topics(kafka_broker)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    env = collector_env(kafka_broker.bootstrap, sim.url, SECRET, prefix, group)
+    env = collector_env(kafka_broker.bootstrap, f"http://127.0.0.1:{port}", SECRET, prefix, group)
     collectors = [CollectorProcess(f"k{i}", env, tmp_path) for i in range(2)]
     for collector in collectors:
         collector.start()
+    for collector in collectors:
+        await _started(collector)
+    sim = await _late_sim(simulator_factory, tmp_path, port, conversations=60)
     await asyncio.sleep(7.0)
     collectors[0].kill()
     await asyncio.sleep(6.0)
@@ -233,3 +271,69 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     assert _unreported(check.missing, lifecycle) == []
     assert check.order_violations == 0
     assert check.mismatched_keys == 0
+
+
+def _occurrence_check(
+    truth: list[dict[str, Any]], events: list[Record], lifecycle: list[Record]
+) -> tuple[list[tuple[str, str, int, int]], list[tuple[str, str, int, int]]]:
+    """Per (conversation, text): distinct keys in the topic vs occurrences generated.
+
+    Returns (too few keys in conversations without a gap record, too many keys anywhere).
+    """
+    owed: Counter[tuple[str, str]] = Counter((g["conversation_id"], g["frame"]) for g in truth)
+    keys: dict[tuple[str, str], set[str]] = {}
+    for rec in events:
+        v = rec.value
+        keys.setdefault((v["conversation_id"], v["raw"]), set()).add(v["event_key"])
+    gapped = {r.value["conversation_id"] for r in lifecycle if r.value["state"] == "gap"}
+    short = [
+        (c, t[:40], n, len(keys.get((c, t), ())))
+        for (c, t), n in owed.items()
+        if len(keys.get((c, t), ())) < n and c not in gapped
+    ]
+    extra = [
+        (c, t[:40], owed[(c, t)], len(k)) for (c, t), k in keys.items() if len(k) > owed[(c, t)]
+    ]
+    return short, extra
+
+
+@pytest.mark.parametrize("kill_at", [1.5, 4.0, 9.0])  # right after discovery, rebalance, mid-run
+async def test_sigkill_with_repeats_markers_reorder_and_drops_keeps_one_key_per_occurrence(
+    kill_at: float, kafka_broker: Any, simulator_factory: Any, tmp_path: Path
+) -> None:
+    prefix, port = await _topics(kafka_broker)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    env = collector_env(
+        kafka_broker.bootstrap, f"http://127.0.0.1:{port}", SECRET, prefix, group,
+        CONVOSTREAM_COLLECTOR_CHECKPOINT_INTERVAL="1",
+    )  # fmt: skip
+    collectors = [CollectorProcess(f"s{i}", env, tmp_path) for i in range(2)]
+    collectors[0].start()
+    await _started(collectors[0])
+    sim = await _late_sim(
+        simulator_factory,
+        tmp_path,
+        port,
+        conversations=30,
+        repeat_ratio=0.2,
+        replay_markers=True,
+        reorder_ms=100,
+        disconnect_every=4,
+        turns=8,
+    )
+    await asyncio.sleep(1.0)
+    collectors[1].start()  # joins while the first owns everything: a rebalance
+    await asyncio.sleep(kill_at)
+    collectors[0].kill()
+    await _drain(sim, collectors[1:], timeout=180)
+
+    truth = ground_truth(tmp_path / "truth.jsonl")
+    assert len(truth) > len({(g["conversation_id"], g["frame"]) for g in truth})  # repeats
+    events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
+    lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
+    short, extra = _occurrence_check(truth, events, lifecycle)
+    assert extra == []  # no occurrence ever got two keys
+    assert short == []  # nothing lost unless a gap says so
+    gapped = {r.value["conversation_id"] for r in lifecycle if r.value["state"] == "gap"}
+    conversations = {g["conversation_id"] for g in truth}
+    assert len(gapped) <= len(conversations) // 3, sorted(gapped)  # the check above has teeth

@@ -15,14 +15,19 @@ from typing import Any
 
 import pytest
 
+from commands.client import CommandClient
+from commands.decide import IN_DOUBT_REASON
 from convostream.broker import EmbeddedBroker, create_topics
-from ingest.commands.client import CommandClient, build_command
-from ingest.commands.decide import IN_DOUBT_REASON
-from ingest.commands.worker import read_to_end
-from schemas.serde import Serde
-from schemas.topics import COMMAND_RESULTS
+from schemas.commands import build_command
 from simulator.testing import API_KEY
-from tests.commands_rig import KEYS, commands_log, new_prefix, start_simulator, write_policy
+from tests.commands_rig import (
+    KEYS,
+    commands_log,
+    new_prefix,
+    results_for,
+    start_simulator,
+    write_policy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +57,10 @@ async def start_worker(env: dict[str, str], log: Path, crash_at: str | None) -> 
     )
 
 
-async def results_for(bootstrap: str, topic: str, command_id: str) -> list[dict[str, Any]]:
-    """Every result with this command_id on the results topic, read from the beginning."""
-    serde = Serde()
-    return [
-        result
-        async for record in read_to_end(bootstrap, topic, list(range(COMMAND_RESULTS.partitions)))
-        if (result := serde.decode(record.value).record)["command_id"] == command_id
-    ]
+async def crash(env: dict[str, str], log: Path, crash_at: str) -> None:
+    """Run a worker until the fault injection kills it at ``crash_at``."""
+    proc = await start_worker(env, log, crash_at)
+    assert await asyncio.wait_for(proc.wait(), 90) == -signal.SIGKILL, crash_at
 
 
 async def test_worker_killed_at_every_crash_point_delivers_once_and_answers_once(
@@ -88,22 +89,35 @@ async def test_worker_killed_at_every_crash_point_delivers_once_and_answers_once
         # 2. the restart delivers the command and is killed after the socket write.
         # 3. the next one finds an intent without a result: `failed` (in doubt), never a second
         #    write, and is killed after writing that result, before committing the offset.
-        # 4. the last one finds the result and skips the command; new commands work.
+        # 4. later ones find the result and skip the command.
         for crash_at, frames_after in (
             ("after_receive", 0),
             ("after_write", 1),
             ("after_result", 1),
         ):
-            proc = await start_worker(env, worker_log, crash_at)
-            assert await asyncio.wait_for(proc.wait(), 90) == -signal.SIGKILL, crash_at
+            await crash(env, worker_log, crash_at)
             assert len(frames()) == frames_after, crash_at
         result = await pending
         assert result["status"] == "failed"
         assert result["reason"] == IN_DOUBT_REASON
+        # 5. a second command: killed right after its intent, before the frame; the restart
+        #    finds the intent without a result: `failed` (in doubt), and still no frame.
+        second = build_command(
+            "contextual_update", conv, issuer="svc", key=KEYS["svc"], text="crash-2", ttl=300
+        )
+        pending = asyncio.create_task(client.send_record(second, timeout=180))
+        await crash(env, worker_log, "after_intent")
+        assert len(frames()) == 1
         proc = await start_worker(env, worker_log, None)
         try:
-            second = await client.send("end_call", conv, timeout=90)
-            assert second["status"] == "delivered", second
+            result = await pending
+            assert (result["status"], result["reason"]) == ("failed", IN_DOUBT_REASON)
+            # 6. command ids survive restarts: a copy of the first command, whose intent an
+            #    earlier process wrote, is a duplicate for this one.
+            again = await client.send_record(first, timeout=90)
+            assert again["status"] == "duplicate", again
+            last = await client.send("end_call", conv, timeout=90)
+            assert last["status"] == "delivered", last
         finally:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
@@ -111,10 +125,10 @@ async def test_worker_killed_at_every_crash_point_delivers_once_and_answers_once
             "contextual_update",
             "end_call",
         ]
-        results = await results_for(
-            bootstrap, f"{prefix}convai.command-results", first["command_id"]
-        )
-        assert [r["status"] for r in results] == ["failed"]
+        topic = f"{prefix}convai.command-results"
+        for sent, statuses in ((first, ["failed", "duplicate"]), (second, ["failed"])):
+            results = await results_for(bootstrap, topic, sent["command_id"])
+            assert [r["status"] for r in results] == statuses
     finally:
         await client.close()
         await sim.stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,9 +11,9 @@ import pytest
 import pytest_asyncio
 
 from convostream.broker import EmbeddedBroker
-from ingest.commands.signing import sign
+from schemas.signing import sign
 from simulator.testing import wait_for
-from tests.commands_rig import KEYS, Rig, running_rig
+from tests.commands_rig import KEYS, ROTATED_KEY, ROTATED_KEY_ID, Rig, running_rig, send_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -31,32 +29,6 @@ async def rig(
         commands_rate_per_second=0.01,
     ) as r:
         yield r
-
-
-async def send_cli(rig: Rig, *args: str, issuer: str = "svc") -> tuple[int, dict[str, Any]]:
-    env = {
-        **os.environ,
-        "CONVOSTREAM_KAFKA_BOOTSTRAP": rig.bootstrap,
-        "CONVOSTREAM_TOPIC_PREFIX": rig.prefix,
-        "CONVOSTREAM_COMMANDS_ISSUER": issuer,
-        "CONVOSTREAM_COMMANDS_KEY": KEYS[issuer],
-        "CONVOSTREAM_LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "convostream",
-        "send-command",
-        *args,
-        "--timeout",
-        "60",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert out, err.decode()
-    return proc.returncode or 0, json.loads(out.decode().strip().splitlines()[-1])
 
 
 async def wait_status(rig: Rig, conversation_id: str, timeout: float = 15.0) -> str:
@@ -96,13 +68,13 @@ async def test_six_commands_reach_the_simulator_with_the_upstream_frame_shape(ri
             {"command_type": "disable_human_takeover", "parameters": {}},
             "takeover disabled",
         ),
-        (
-            chat,
+        (chat, ["end_call"], {"command_type": "end_call", "parameters": {}}, "conversation ended"),
+        (  # a phone-call tool: voice only
+            voice,
             ["transfer_to_number", "--phone-number", "+14155550100"],
             {"command_type": "transfer_to_number", "parameters": {"phone_number": "+14155550100"}},
             "transferred",
         ),
-        (voice, ["end_call"], {"command_type": "end_call", "parameters": {}}, "conversation ended"),
     ]
     for conversation, args, frame, effect in steps:
         code, result = await send_cli(rig, *args, "--conversation", conversation)
@@ -115,13 +87,13 @@ async def test_six_commands_reach_the_simulator_with_the_upstream_frame_shape(ri
         assert effect in received["effect"]
     assert len(rig.received(chat)) == 5
     assert len(rig.received(voice)) == 1
-    assert await wait_status(rig, voice) != "in-progress"  # end_call ended it
-    assert await wait_status(rig, chat) != "in-progress"  # the transfer ended it
+    assert await wait_status(rig, voice) != "in-progress"  # the transfer ended it
+    assert await wait_status(rig, chat) != "in-progress"  # end_call ended it
 
 
 # ----- rejections: status, reason, and nothing reaches the simulator --------------------------
 def record(rig: Rig, kind: str, conversation: str, **over: Any) -> dict[str, Any]:
-    from ingest.commands.client import build_command
+    from schemas.commands import build_command
 
     params = {k: over.pop(k) for k in ("phone_number", "text") if k in over}
     issuer = over.pop("issuer", "svc")
@@ -170,6 +142,29 @@ async def test_rejections(rig: Rig, kind: str, over: dict[str, Any], reason: str
     await expect(rig, record(rig, kind, voice, **over), "rejected", reason)
 
 
+async def test_rotated_keys_are_selected_by_key_id(rig: Rig) -> None:
+    """svc has two active keys: send-command signs with the rotated one when given its id."""
+    voice = rig.conversation("voice", 3).conversation_id
+    code, result = await send_cli(
+        rig,
+        "contextual_update",
+        "--text",
+        "rotated",
+        "--conversation",
+        voice,
+        "--key-id",
+        ROTATED_KEY_ID,
+        key=ROTATED_KEY,
+    )
+    assert (code, result["status"]) == (0, "delivered"), result
+    code, result = await send_cli(
+        rig, "contextual_update", "--text", "old id", "--conversation", voice, "--key-id", "gone"
+    )
+    assert (code, result["status"]) == (3, "rejected")
+    assert result["reason"] == "no active key 'gone' for issuer 'svc'"
+    assert len(rig.received(voice)) == 1
+
+
 async def test_takeover_in_a_voice_conversation_is_rejected_with_exit_code_3(rig: Rig) -> None:
     voice = rig.conversation("voice").conversation_id
     code, result = await send_cli(rig, "enable_human_takeover", "--conversation", voice)
@@ -177,6 +172,12 @@ async def test_takeover_in_a_voice_conversation_is_rejected_with_exit_code_3(rig
     assert result["status"] == "rejected"
     assert "works in chat conversations only; this one is voice" in result["reason"]
     assert rig.received(voice) == []
+
+
+async def test_transfer_in_a_chat_conversation_is_rejected(rig: Rig) -> None:
+    chat = rig.conversation("chat").conversation_id
+    command = record(rig, "transfer_to_number", chat, phone_number="+14155550100")
+    await expect(rig, command, "rejected", "works in phone conversations only; this one is chat")
 
 
 async def test_commands_for_conversations_that_are_not_live_are_rejected(rig: Rig) -> None:

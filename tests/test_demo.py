@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from convostream.demo_scale import SHOWN
+
 pytestmark = pytest.mark.integration
-COMPONENTS = ("broker", "simulator", "collector", "processor", "command-worker")
+COMPONENTS = ("broker", "simulator", "collector", "processor", "command-worker", "rules")
+SCALE_COMPONENTS = ("broker", "simulator", "collector", "processor")
+TAKEOVERS = {"enable_human_takeover", "transfer_to_number"}
 
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
@@ -48,6 +53,8 @@ def test_demo_runs_the_whole_pipeline_and_stops_by_itself(tmp_path: Path) -> Non
         "10",
         "--steer-every",
         "5",
+        "--escalation-ratio",
+        "1",
     )
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
@@ -65,7 +72,15 @@ def test_demo_runs_the_whole_pipeline_and_stops_by_itself(tmp_path: Path) -> Non
         if line.startswith('{"command_id"')
     ]
     assert results, "no command was sent"
-    assert all(r["status"] == "delivered" for r in results), results
+    received = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
+    assert TAKEOVERS & {r["command_type"] for r in received}, "the rules engine steered nothing"
+    # A conversation may end between the listing and the command: that command is rightly
+    # rejected as not live; any other outcome is a failure.
+    assert any(r["status"] == "delivered" for r in results), results
+    assert all(r["status"] == "delivered" or "not live" in (r["reason"] or "") for r in results), (
+        results
+    )
+    assert re.search(r"rules matches=\d+ fires=[1-9]", stdout), stdout[-2000:]
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -84,3 +99,16 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     stopped = _stopped_components(stderr)
     assert set(stopped) == set(COMPONENTS)
     assert all(code == 0 for code in stopped.values()), stopped
+
+
+def test_demo_scale_measures_and_prints_the_headline_figures(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--scale", "200", "--scale-seconds", "3")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    figures = dict(re.findall(r"^  (\S.*?)\s{2,}([\d.]+)", stdout, re.MULTILINE))
+    assert set(figures) == {label for label, _, _ in SHOWN}, stdout
+    assert 0 < float(figures["conversations monitored"]) <= 200
+    assert float(figures["events/s (published)"]) > 0
+    assert float(figures["collector RSS per conversation"]) > 0
+    assert float(figures["processor RSS"]) > 0
+    assert _stopped_components(stderr) == dict.fromkeys(SCALE_COMPONENTS, 0)

@@ -25,6 +25,9 @@ SECRET_VARIABLES = (
     "CONVOSTREAM_API_KEY",
     "CONVOSTREAM_SIM_API_KEY",
     "CONVOSTREAM_COMMANDS_KEYS",
+    "CONVOSTREAM_COMMANDS_KEY",
+    "CONVOSTREAM_WEBHOOK_SECRET",
+    "CONVOSTREAM_SIM_WEBHOOK_SECRET",
     "CONVOSTREAM_DATABASE_URL",
     "POSTGRES_PASSWORD",
     "GF_SECURITY_ADMIN_PASSWORD",
@@ -83,6 +86,9 @@ def test_secrets_come_from_env_files_only(config: dict[str, Any]) -> None:
     assert "CONVOSTREAM_COMMANDS_KEYS" in services["command-worker"]["environment"]
     assert "CONVOSTREAM_DATABASE_URL" in services["processor"]["environment"]
     assert "CONVOSTREAM_DATABASE_URL" not in services["collector"]["environment"]
+    assert "CONVOSTREAM_COMMANDS_KEY" in services["rules"]["environment"]
+    assert "CONVOSTREAM_WEBHOOK_SECRET" in services["webhooks"]["environment"]
+    assert "CONVOSTREAM_WEBHOOK_SECRET" not in services["rules"]["environment"]
 
 
 def test_every_convostream_variable_is_a_setting(config: dict[str, Any]) -> None:
@@ -103,7 +109,14 @@ def test_every_convostream_variable_is_a_setting(config: dict[str, Any]) -> None
 
 def test_services_run_cli_commands(config: dict[str, Any]) -> None:
     services = convostream_services(config)
-    assert set(services) == {"collector", "processor", "command-worker", "simulator"}
+    assert set(services) == {
+        "collector",
+        "processor",
+        "command-worker",
+        "rules",
+        "webhooks",
+        "simulator",
+    }
     for name, svc in services.items():
         assert svc["command"][0] in COMMANDS, f"{name} runs an unknown command {svc['command']}"
     assert config["services"]["simulator"]["profiles"] == ["sim"]
@@ -112,9 +125,16 @@ def test_services_run_cli_commands(config: dict[str, Any]) -> None:
 def test_pipeline_services_are_scalable_and_scraped(config: dict[str, Any]) -> None:
     prometheus = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     for name, svc in convostream_services(config).items():
-        # Fixed names or host ports would stop `--scale`.
+        # Fixed names or host ports would stop `--scale`; the webhook receiver (which runs the
+        # backfill, so it is never scaled) is published on loopback for a reverse proxy.
         assert "container_name" not in svc, name
-        assert not svc.get("ports"), name
+        if name == "webhooks":
+            (port,) = svc["ports"]
+            assert (port["host_ip"], port["target"]) == ("127.0.0.1", 8090)
+            assert svc["environment"]["CONVOSTREAM_WEBHOOK_PORT"] == "8090"
+            assert svc.get("deploy", {}).get("replicas", 1) == 1
+        else:
+            assert not svc.get("ports"), name
         assert svc["read_only"] is True, name
         if name != "simulator":
             assert svc["environment"]["CONVOSTREAM_METRICS_PORT"] == "9100"
@@ -160,3 +180,40 @@ def test_topic_script_creates_the_catalogue(tmp_path: Path) -> None:
         created[options["--topic"][0]] = (int(options["--partitions"][0]), configs)
     expected = {t.full_name("p."): (t.partitions, t.configs()) for t in CATALOGUE}
     assert created == expected
+
+
+def env_file(name: str) -> dict[str, str]:
+    lines = (SECRETS_EXAMPLE / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_rules_engine_is_wired_to_the_command_worker(config: dict[str, Any]) -> None:
+    """The rules engine runs the example rules as an issuer the command worker accepts."""
+    from commands.policy import load_policy
+    from rules.spec import load_rules
+
+    rules = config["services"]["rules"]
+    mounts = {v["target"]: Path(v["source"]) for v in rules["volumes"]}
+    rules_file = mounts[rules["environment"]["CONVOSTREAM_RULES_FILE"]]
+    assert rules_file == DEPLOY / "rules" / "example.yaml"
+    issuer = rules["environment"]["CONVOSTREAM_COMMANDS_ISSUER"]
+    # The example secrets: the worker knows the engine's key under the engine's issuer name.
+    keys = json.loads(env_file("commands.env")["CONVOSTREAM_COMMANDS_KEYS"])
+    assert keys[issuer] == env_file("rules.env")["CONVOSTREAM_COMMANDS_KEY"]
+    worker = config["services"]["command-worker"]
+    policy_mounts = {v["target"]: Path(v["source"]) for v in worker["volumes"]}
+    policy = load_policy(policy_mounts[worker["environment"]["CONVOSTREAM_COMMANDS_POLICY_FILE"]])
+    sent = [(r.then.command, r.then.phone_number) for r in load_rules(rules_file) if r.then.command]
+    assert sent
+    for command, number in sent:
+        assert policy.authorise(issuer, command, number) is None, (command, number)
+
+
+def test_webhooks_and_simulator_share_the_secret(config: dict[str, Any]) -> None:
+    services = config["services"]
+    secrets = env_file("webhooks.env")
+    assert secrets["CONVOSTREAM_WEBHOOK_SECRET"] == secrets["CONVOSTREAM_SIM_WEBHOOK_SECRET"]
+    url = services["simulator"]["environment"]["CONVOSTREAM_SIM_WEBHOOK_URL"]
+    port = services["webhooks"]["environment"]["CONVOSTREAM_WEBHOOK_PORT"]
+    assert url == f"http://webhooks:{port}/"
+    assert services["webhooks"]["environment"]["CONVOSTREAM_WEBHOOK_BACKFILL"] == "true"

@@ -2,7 +2,8 @@
 
 promtool checks the configuration and the rules (and runs the rules' unit tests); a real
 Prometheus then scrapes a real pipeline (embedded broker, simulator, `convostream collect`,
-`process` and `command-worker` processes) and every Grafana panel's query runs against it.
+`process`, `command-worker`, `rules` and `webhooks` processes) and every Grafana panel's query
+runs against it.
 """
 
 from __future__ import annotations
@@ -26,20 +27,31 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from commands.client import CommandClient
+from commands.metrics import CommandMetrics
 from convostream.broker import create_topics, free_port
-from ingest.commands.client import CommandClient
-from ingest.commands.metrics import CommandMetrics
+from convostream.ops import instrument
 from ingest.metrics import Metrics
-from processors.metrics import Metrics as ProcessorMetrics
-from tests.deploy_tools import DASHBOARDS, DEPLOY, prometheus_binaries
+from postcall.metrics import WebhookMetrics
+from processors.metrics import ProcessorMetrics
+from rules.metrics import RulesMetrics
+from tests.deploy_tools import DASHBOARDS, DEPLOY, ROOT, prometheus_binaries
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval
+# What Grafana puts in the queries: $__rate_interval at a 1 s scrape interval, and "All" of each
+# dashboard variable (their allValue).
+GRAFANA_ALL = {
+    "$__rate_interval": "10s",
+    "$namespace": ".*",
+    "$job": ".*",
+    "$agent": ".*",
+}
 ISSUER, ISSUER_KEY = "ops", "ops-signing-key"
 # Panels that must show data while conversations flow, the processor counts them and one
 # command has been delivered.
 CORE_PANELS = {
+    "Components and versions",
     "Live conversations",
     "Open monitor sockets",
     "Frames/s",
@@ -52,6 +64,9 @@ CORE_PANELS = {
     "Response latency by agent",
     "Command results/s by status",
     "Command delivery latency",
+    "Rule fires by rule and action",
+    "Rule matches/s by rule",
+    "Webhook deliveries/s by outcome",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
@@ -75,8 +90,17 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 def exposed_metrics() -> set[str]:
     """Series names the components expose (from their real metric classes)."""
-    registries = [Metrics().registry, ProcessorMetrics().registry, CollectorRegistry()]
+    registries = [
+        Metrics().registry,
+        ProcessorMetrics().registry,
+        WebhookMetrics().registry,
+        CollectorRegistry(),
+        CollectorRegistry(),
+    ]
     CommandMetrics(registries[2])
+    RulesMetrics(registries[3])
+    for registry in registries:
+        instrument(registry, "any")  # what ops.serve adds on every operations port
     return {
         family.name + suffix
         for registry in registries
@@ -138,8 +162,13 @@ def test_dashboards_are_provisioned() -> None:
         panels = [p for p in dash["panels"] if p["type"] != "row"]
         ids = [p["id"] for p in dash["panels"]]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        assert set(variables) >= {"datasource", "namespace", "job", "agent"}, name
+        chooser = variables["datasource"]
+        assert (chooser["query"], chooser["current"]["value"]) == ("prometheus", source["uid"])
         for panel in panels:
-            assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["fieldConfig"]["defaults"]["unit"] != "reqps", panel["title"]
             assert panel["targets"], panel["title"]
             refs = [t["refId"] for t in panel["targets"]]
             assert len(refs) == len(set(refs)), panel["title"]
@@ -183,6 +212,7 @@ def scrape_config(targets: dict[str, list[str]], prometheus_port: int) -> dict[s
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS_DIR / rule) for rule in config["rule_files"]]
+    config.pop("alerting")  # the compose stack's Alertmanager is not part of this test
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert set(targets) == jobs - {"prometheus"}, "the test scrapes every job of the file"
     config["scrape_configs"] = [
@@ -239,7 +269,13 @@ async def test_every_panel_query_runs_against_a_live_pipeline(
         "CONVOSTREAM_UPSTREAM_URL": sim.url,
         "CONVOSTREAM_API_KEY": "sim-test-key",
     }
-    ports = {"collector": free_port(), "command-worker": free_port(), "processor": free_port()}
+    ports = {
+        "collector": free_port(),
+        "command-worker": free_port(),
+        "processor": free_port(),
+        "rules": free_port(),
+        "webhooks": free_port(),
+    }
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"issuers": {ISSUER: {"commands": ["*"]}}}))
     processes.append(
@@ -273,6 +309,34 @@ async def test_every_panel_query_runs_against_a_live_pipeline(
             CONVOSTREAM_PROCESSOR_DATA_DIR=str(tmp_path / "faust"),
             CONVOSTREAM_PROCESSOR_WEB_PORT="0",
             CONVOSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'metrics.db'}",
+        )
+    )
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        "rules:\n  - name: every-conversation\n"
+        "    when: {type: conversation_initiation_metadata}\n    then: {alert: info}\n"
+    )
+    processes.append(
+        convostream(
+            "rules",
+            tmp_path / "rules.log",
+            **common,
+            CONVOSTREAM_METRICS_PORT=str(ports["rules"]),
+            CONVOSTREAM_RULES_GROUP_ID=f"{prefix}rules",
+            CONVOSTREAM_RULES_FILE=str(rules_file),
+            CONVOSTREAM_COMMANDS_ISSUER=ISSUER,
+            CONVOSTREAM_COMMANDS_KEY=ISSUER_KEY,
+        )
+    )
+    processes.append(
+        convostream(
+            "webhooks",
+            tmp_path / "webhooks.log",
+            **common,
+            CONVOSTREAM_METRICS_PORT=str(ports["webhooks"]),
+            CONVOSTREAM_WEBHOOK_HOST="127.0.0.1",
+            CONVOSTREAM_WEBHOOK_PORT=str(free_port()),
+            CONVOSTREAM_WEBHOOK_SECRET="deploy-test-webhook-secret",
         )
     )
     prometheus_port = free_port()
@@ -314,11 +378,18 @@ async def test_every_panel_query_runs_against_a_live_pipeline(
             session, base, 'convostream_commands_total{status="delivered"}', processes, 30
         )
         await wait_for_series(session, base, "sum(convostream_events_total) > 0", processes, 60)
+        await wait_for_series(
+            session, base, "sum(convostream_rules_fires_total) > 0", processes, 60
+        )
+        for job in ("convostream-rules", "convostream-webhooks"):
+            await wait_for_series(session, base, f'up{{job="{job}"}} == 1', processes, 60)
         await asyncio.sleep(3)  # a few more scrapes inside every rate window
 
         empty, failed = [], []
         for dashboard, title, expr in panel_queries():
-            body = await query(session, base, expr.replace("$__rate_interval", RATE_INTERVAL))
+            for variable, value in GRAFANA_ALL.items():
+                expr = expr.replace(variable, value)
+            body = await query(session, base, expr)
             if body["status"] != "success":
                 failed.append(f"{dashboard} / {title}: {body.get('error')}")
             elif title in CORE_PANELS and not body["data"]["result"]:
@@ -334,3 +405,56 @@ async def test_every_panel_query_runs_against_a_live_pipeline(
             re.findall(r"- alert:", (PROMETHEUS_DIR / "alerts.yml").read_text())
         )
         assert all(rule["health"] == "ok" for rule in evaluated), evaluated
+        # Every job of prometheus.yml is found, so no absent() alert is even pending.
+        absent = {r["name"]: r["state"] for r in evaluated if "absent(" in r["query"]}
+        assert set(absent) == {
+            "ConvostreamTargetAbsent",
+            "ConvostreamRulesTargetAbsent",
+            "ConvostreamWebhooksTargetAbsent",
+        }
+        assert set(absent.values()) == {"inactive"}, absent
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 15
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/runbook.md#{rule['alert'].lower()}", rule["alert"]
+        assert rule["alert"].lower() in anchors, rule["alert"]
+
+
+def test_every_dashboard_query_follows_the_variables() -> None:
+    agent_metrics = {
+        metric._name + suffix
+        for metric in vars(ProcessorMetrics()).values()
+        if "agent" in getattr(metric, "_labelnames", ())
+        for suffix in SUFFIXES[metric._type]
+    }
+    assert "convostream_late_events_total" in agent_metrics
+    for _dashboard, title, expr in panel_queries():
+        assert set(re.findall(r"\bconvostream_[a-z_]+(.)", expr)) <= {"{"}, title
+        for name, matchers in re.findall(r"\b(convostream_[a-z_]+)\{([^}]*)\}", expr):
+            assert 'namespace=~"$namespace"' in matchers, (title, name)
+            assert 'job=~"$job"' in matchers, (title, name)
+            assert ('agent=~"$agent"' in matchers) == (name in agent_metrics), (title, name)
+
+
+def test_every_scraped_job_has_an_absent_alert() -> None:
+    """A job whose targets all vanish must alert: ConvostreamTargetDown needs a target. The
+    optional components' absent() alerts sit in their own groups, which the chart drops when
+    the component is off (tests/test_deploy_helm.py)."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"] for j in config["scrape_configs"]} - {"prometheus"}
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    watched = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for job in re.findall(r'absent\(up\{job="([^"]+)"\}\)', rule["expr"]):
+                watched.add(job)
+                if job in ("convostream-rules", "convostream-webhooks"):
+                    assert group["name"] == job, rule["alert"]
+    assert jobs == watched

@@ -37,11 +37,14 @@ TYPES = st.sampled_from(
 def _reader() -> FrameReader:
     reader = FrameReader("conv-1", "collector-a", agent_id="agent-1", max_frame_bytes=4096)
     reader.connected("conn-1", 0.0)
+    assert reader.frame(b'{"type":"history_complete"}', 0, 0.0).results == []  # empty replay
     return reader
 
 
 def _one_record(reader: FrameReader, data: bytes | str, now: float) -> tuple[str, dict[str, Any]]:
-    result = reader.frame(data, 1_700_000_000_000_000, now)
+    released = reader.frame(data, 1_700_000_000_000_000, now)
+    assert len(released.results) == 1
+    result = released.results[0]
     produced = [r for r in (result.event, result.dead_letter) if r is not None]
     assert len(produced) == 1
     name = "MonitorEvent" if result.event is not None else "DeadLetter"
@@ -125,5 +128,65 @@ def test_replayed_frames_are_dropped_before_parsing() -> None:
     for i, data in enumerate(frames):
         _one_record(reader, data, 1.0 + i)
     reader.connected("conn-2", 10.0)
-    results = [reader.frame(data, 0, 10.001 + i * 0.001) for i, data in enumerate(frames)]
+    held = [reader.frame(data, 0, 10.001 + i * 0.001) for i, data in enumerate(frames)]
+    assert all(r.results == [] for r in held)  # a replay burst is held until aligned
+    results = reader.disconnected().results
+    assert len(results) == 2
     assert all(r.duplicate for r in results)
+    assert reader.markers == 1
+
+
+def test_markers_are_control_frames_and_string_event_ids_are_kept() -> None:
+    reader = FrameReader("conv-1", "collector-a")
+    reader.connected("conn-1", 0.0)
+    assert reader.frame(b'{"type":"connected"}', 0, 0.0).results == []
+    part = (
+        '{"type":"agent_chat_response_part",'
+        '"text_response_part":{"text":"Hi","type":"delta","event_id":"evt_123456"}}'
+    )
+    assert reader.frame(part, 0, 0.5).results == []  # held: the replay is not over
+    released = reader.frame(b'{"type":"history_complete"}', 0, 5.0)
+    assert reader.markers == 2
+    (result,) = released.results
+    assert result.event is not None
+    assert result.event["upstream_event_id"] is None
+    assert result.event["upstream_event_ref"] == "evt_123456"
+    assert result.event["payload"][1]["event_id"] == "evt_123456"
+    assert result.event["replay"] is True
+    SERDE.encode("MonitorEvent", result.event)
+
+
+def test_a_string_event_id_of_an_integer_only_payload_stays_in_its_data() -> None:
+    """Older undocumented payloads (dtmf_request, client_error...) take integer ids only."""
+    reader = FrameReader("conv-1", "collector-a")
+    reader.connected("conn-1", 0.0)
+    reader.frame(b'{"type":"history_complete"}', 0, 0.0)
+    frame = '{"type":"dtmf_request","dtmf_request_event":{"event_id":"evt_7","digits":"12"}}'
+    (result,) = reader.frame(frame, 0, 1.0).results
+    assert result.event is not None
+    assert result.event["payload"][1]["event_id"] is None
+    assert (
+        json.loads(result.event["payload"][1]["data"])["dtmf_request_event"]["event_id"] == "evt_7"
+    )
+    SERDE.encode("MonitorEvent", result.event)
+
+
+@pytest.mark.parametrize(
+    ("frame", "branch"),
+    [
+        (
+            '{"type":"error","error_event":{"code":1008,"error_type":"invalid_message",'
+            '"reason":"bad","details":{"field":"x"}}}',
+            "convostream.ErrorPayload",
+        ),
+        ('{"type":"agent_typing","agent_typing_event":{"is_typing":true}}',
+         "convostream.AgentTypingPayload"),
+        ('{"type":"external_agent_connected","external_agent_connected_event":{}}',
+         "convostream.ExternalAgentConnectedPayload"),
+        ('{"type":"queue_status","queue_status_event":{"position":2}}',
+         "convostream.QueueStatusPayload"),
+    ],
+)  # fmt: skip
+def test_added_types_get_typed_payloads(frame: str, branch: str) -> None:
+    _, record = _one_record(_reader(), frame, 0.0)
+    assert record["payload"][0] == branch

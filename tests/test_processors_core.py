@@ -7,9 +7,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.conversation import ConversationState, compute, nearest_rank
+from processors import forward
+from processors.conversation import MAX_TRACKED, ConversationState, compute, nearest_rank
 from processors.events import Event
-from processors.windows import AgentWindows, Outcome, WindowConfig, WindowEvent
+from processors.windows import AgentWindows, Outcome, SourceProgress, WindowConfig, WindowEvent
 
 TYPES = [
     "user_transcript",
@@ -86,6 +87,44 @@ def test_nearest_rank() -> None:
     assert nearest_rank([7], 95) == 7
 
 
+def test_a_30k_turn_conversation_stays_within_the_record_limit() -> None:
+    """Beyond MAX_TRACKED distinct events the state stops growing and keeps counting."""
+    state = ConversationState("c")
+    for i in range(30_000):
+        state.apply(Event(f"u{i}", "c", "a", "user_transcript", 2 * i, 1_000 + 2 * i))
+        state.apply(Event(f"a{i}", "c", "a", "agent_response", 2 * i + 1, 1_500 + 2 * i))
+    state.apply(Event("u0", "c", "a", "user_transcript", 0, 900))  # a tracked copy: not counted
+    data = state.to_bytes()
+    assert len(data) < 1_000_000  # the producer's max.request.size is 1 MiB
+    restored = ConversationState.from_bytes(data)
+    metrics = restored.metrics(0)
+    assert metrics["events_total"] == 60_000
+    assert (metrics["user_turns"], metrics["agent_turns"]) == (30_000, 30_000)
+    assert restored.untracked == 60_000 - MAX_TRACKED
+    assert (metrics["first_received_at"], metrics["last_received_at"]) == (900, 1_500 + 59_998)
+    assert metrics["latency_pairs"] == MAX_TRACKED // 2  # pairs among the tracked events
+    assert metrics == state.metrics(0)
+
+
+def test_each_latency_pair_is_observed_once() -> None:
+    """Across reloads from the table (cache evictions, other owners), lifecycle records and
+    later responses, a user turn reaches the histogram once."""
+    state = compute(
+        "c",
+        [
+            Event("u1", "c", "a", "user_transcript", 1, 1_000),
+            Event("a2", "c", "a", "agent_response", 2, 3_000),
+        ],
+    )
+    assert state.unobserved(state.latencies()) == [2_000]
+    state = ConversationState.from_bytes(state.to_bytes())  # evicted and read back
+    state.end("a")  # a lifecycle record touches it again
+    assert state.unobserved(state.latencies()) == []
+    state.apply(Event("u3", "c", "a", "user_transcript", 3, 4_000))
+    state.apply(Event("a4", "c", "a", "agent_response", 4, 4_500))
+    assert state.unobserved(state.latencies()) == [500]
+
+
 def test_end_call_and_lifecycle_end() -> None:
     tool = Event("t", "c", "a", "agent_tool_response", 1, 10, is_error=True, ends_call=True)
     assert compute("c", [tool]).metrics(0)["status"] == "ended"
@@ -124,16 +163,28 @@ def _feed(
     for event, now in zip(events, wall, strict=True):
         if state.accept(event, CFG) is Outcome.LATE:
             late.append(event)
-        for start in state.advance(now, CFG):
+        state.tick(now, CFG)
+        for record in state.take_final(CFG):
+            start = record["window_start"]
+            assert isinstance(start, int)
             assert start not in emitted, "a window was reported twice"
-            emitted[start] = state.windows[start].record("agent", start, CFG.size, now)
+            by_type = record["events_by_type"]
+            assert isinstance(by_type, dict)
+            assert list(by_type) == sorted(by_type)  # record bytes independent of arrival
+            emitted[start] = record
         for start, record in emitted.items():
             window = state.windows.get(start)
             if window is not None:  # a final window never changes (late counts are kept apart)
                 now_record = window.record("agent", start, CFG.size, 0)
-                assert {**now_record, "late_events": 0} == {**record, "late_events": 0}
+                assert {**now_record, "late_events": 0} == record
         state = AgentWindows.from_bytes(state.to_bytes())
     return state, emitted, late
+
+
+def _counted(state: AgentWindows, emitted: dict[int, dict[str, object]]) -> int:
+    """Events in final windows (as emitted: pruned ones included) and in open ones."""
+    final = sum(int(str(r["events_total"])) for r in emitted.values())
+    return final + sum(sum(w.by_type.values()) for w in state.windows.values() if not w.final)
 
 
 @given(window_streams(), st.integers(0, 199), st.randoms(use_true_random=False))
@@ -145,15 +196,16 @@ def test_reordering_within_grace_loses_nothing(
     arrival = sorted(events, key=lambda e: e.received_at + rnd.randint(0, jitter))
     arrival = [e._replace(offset=i) for i, e in enumerate(arrival)]  # offsets follow arrival
     wall = [0] * len(arrival)  # wall clock far behind: only event time closes windows
-    state, _, late = _feed(arrival, wall)
+    state, emitted, late = _feed(arrival, wall)
     assert late == []
-    state.advance(8000 + CFG.size + CFG.grace + CFG.idle + 1, CFG)  # idle-close the rest
+    state.tick(8000 + CFG.size + CFG.grace + CFG.idle + 1, CFG)  # idle-close the rest
+    for record in state.take_final(CFG):
+        emitted[int(str(record["window_start"]))] = record
     totals: dict[int, int] = {}
     for e in events:
         start = e.received_at - e.received_at % CFG.size
         totals[start] = totals.get(start, 0) + 1
-    counted = {s: sum(w.by_type.values()) for s, w in state.windows.items()}
-    assert counted == totals
+    assert {s: r["events_total"] for s, r in emitted.items()} == totals
 
 
 @given(window_streams(), st.randoms(use_true_random=False))
@@ -166,12 +218,9 @@ def test_late_events_are_counted_and_handed_back(
     rnd.shuffle(arrival)
     arrival = [e._replace(offset=i) for i, e in enumerate(arrival)]
     wall = sorted(rnd.randint(0, 20_000) for _ in arrival)
-    state, _, late = _feed(arrival, wall)
-    counted = sum(sum(w.by_type.values()) for w in state.windows.values())
-    pruned_possible = state.closed_until is not None and state.closed_until > CFG.retention
-    if not pruned_possible:
-        assert counted + len(late) == len(arrival)
-        assert sum(w.late for w in state.windows.values()) <= len(late)
+    state, emitted, late = _feed(arrival, wall)
+    assert _counted(state, emitted) + len(late) == len(arrival)  # pruned windows included
+    assert sum(w.late for w in state.windows.values()) <= len(late)
     for event in late:
         start = event.received_at - event.received_at % CFG.size
         assert state.closed_until is not None
@@ -183,15 +232,93 @@ def test_late_events_are_counted_and_handed_back(
     assert state.to_bytes() == before
 
 
+Message = WindowEvent | int  # an event, or a tick with its time
+
+
+def _run(messages: list[Message], cuts: set[int], crashes: set[int]) -> list[dict[str, object]]:
+    """The worker's loop over one partition: batches end at ``cuts``; at a batch end in
+    ``crashes`` the records are emitted but the state is lost, and the batch is replayed from
+    the last stored state (as after a SIGKILL between outputs and the table write)."""
+    stored = AgentWindows("agent").to_bytes()
+    emitted: list[dict[str, object]] = []
+    begin = 0
+    crashed: set[int] = set()
+    while begin < len(messages):
+        end = min([c for c in cuts if c > begin] + [len(messages)])
+        state = AgentWindows.from_bytes(stored)
+        for message in messages[begin:end]:
+            if isinstance(message, int):
+                state.tick(message, CFG)
+            else:
+                state.accept(message, CFG)
+        emitted += state.take_final(CFG)
+        if end in crashes and end not in crashed:
+            crashed.add(end)  # outputs out, state lost: the batch comes again
+            continue
+        stored = state.to_bytes()
+        begin = end
+    return emitted
+
+
+@given(window_streams(), st.data())
+@settings(max_examples=200)
+def test_final_windows_do_not_depend_on_batches_or_crashes(
+    events: list[WindowEvent], data: st.DataObject
+) -> None:
+    """Same messages, any batch boundaries and crashes: the same final records, each window
+    with one content (re-emits after a crash are identical, emitted_at included)."""
+    rnd = data.draw(st.randoms(use_true_random=False))
+    arrival = list(events)
+    rnd.shuffle(arrival)
+    messages: list[Message] = [e._replace(offset=i) for i, e in enumerate(arrival)]
+    for _ in range(data.draw(st.integers(0, 6))):  # ticks at increasing wall-clock times
+        messages.insert(rnd.randint(0, len(messages)), 0)
+    clock = 0
+    for i, message in enumerate(messages):
+        if isinstance(message, int):
+            clock += rnd.randint(0, 4000)
+            messages[i] = clock
+    reference = _run(messages, set(), set())
+    size = len(messages) + 1
+    cuts = set(data.draw(st.lists(st.integers(1, size), max_size=8)))
+    crashes = set(data.draw(st.lists(st.sampled_from(sorted(cuts | {len(messages)})), max_size=3)))
+    replayed = _run(messages, cuts, crashes)
+    by_window: dict[object, list[dict[str, object]]] = {}
+    for record in replayed:
+        by_window.setdefault(record["window_start"], []).append(record)
+    assert all(r == rs[0] for rs in by_window.values() for r in rs), "two different finals"
+    assert [rs[0] for rs in by_window.values()] == reference
+
+
 def test_idle_close_by_wall_clock() -> None:
     state = AgentWindows("a")
     assert state.accept(WindowEvent(0, 0, "c", "ping", 100, False), CFG) is Outcome.COUNTED
-    assert state.advance(1000 + 200 + 5000, CFG) == []  # not yet past end + grace + idle
-    assert state.advance(1000 + 200 + 5001, CFG) == [0]
-    assert state.windows[0].closed_by == "idle"
+    assert not state.tick(1000 + 200 + 5000, CFG)  # not yet past end + grace + idle
+    assert state.tick(1000 + 200 + 5001, CFG)
+    [record] = state.take_final(CFG)
+    assert (record["closed_by"], record["emitted_at"]) == ("idle", 1000 + 200 + 5000)
     assert state.accept(WindowEvent(0, 1, "c", "ping", 999, False), CFG) is Outcome.LATE
     assert state.windows[0].late == 1
-    assert state.advance(10**6, CFG) == []
+    assert not state.tick(10**6, CFG)
+    assert state.take_final(CFG) == []
+
+
+def test_event_time_closes_per_event_and_future_clocks_are_clamped() -> None:
+    cfg = WindowConfig(size=1000, grace=200, idle=5000, retention=10_000, max_future=3000)
+    state = AgentWindows("a")
+    state.accept(WindowEvent(0, 0, "c", "ping", 100, False), cfg)
+    # a collector clock far ahead: bounded by the forwarding time (500) + max_future
+    wild = WindowEvent(1, 0, "c", "ping", 10**12, False)
+    bounded = cfg.clamp(wild, 500)
+    assert bounded.received_at == 3500
+    assert cfg.clamp(bounded, 500) is bounded
+    assert state.accept(bounded, cfg) is Outcome.COUNTED
+    [record] = state.take_final(cfg)  # closed by that event, at once, not at the batch end
+    assert (record["window_start"], record["closed_by"]) == (0, "event_time")
+    assert record["emitted_at"] == 1000 + 200
+    assert (state.event_time, state.closed_until) == (3500, 3000)  # not 10**12
+    assert state.accept(WindowEvent(0, 1, "c", "ping", 1500, False), cfg) is Outcome.LATE
+    assert state.accept(WindowEvent(0, 2, "c", "ping", 3100, False), cfg) is Outcome.COUNTED
 
 
 _TYPES = ["user_transcript", "agent_response", "interruption", "agent_tool_response", "ping"]
@@ -244,9 +371,13 @@ def test_head_reader_agrees_with_full_decode(
         "payload": monitor_payload(etype, frame),
     }
     value = serde.encode("MonitorEvent", record)
-    reader = HeadReader(serde.registry.writer_id("MonitorEvent"))
+    reader = HeadReader()
+    assert reader.read(value) is None  # the id is not learnt yet
+    name, decoded, schema_id = serde.decode(value)
+    assert serde.is_current(schema_id, name)
+    reader.learn(schema_id)
     head = reader.read(value)
-    full = from_record(serde.decode(value).record)
+    full = from_record(decoded)
     if etype == "agent_tool_response":
         assert head is None
     else:
@@ -277,3 +408,27 @@ def _metrics_record() -> dict[str, object]:
         "last_received_at": 0,
         "updated_at": 0,
     }
+
+
+def test_source_progress_is_the_least_time_once_every_partition_reported() -> None:
+    progress = SourceProgress()
+    assert progress.report(3, {0: 100, 1: 90}) is None  # partition 2 silent: no idle closing
+    assert progress.report(3, {2: 95}) == 90
+    assert progress.report(3, {2: 200}) is None  # the least (partition 1) did not move
+    assert progress.report(3, {1: 80, 0: 150}) is None  # times never go back
+    assert progress.low() == 90
+    assert progress.report(3, {1: 120}) == 120
+    assert progress.report(4, {0: 300}) is None  # a partition added: it must report first
+    restored = SourceProgress.from_bytes(progress.to_bytes())
+    assert restored == progress
+    assert restored.report(4, {3: 130, 1: 140, 2: 210}) == 130
+
+
+@given(st.integers(0, 1000), st.dictionaries(st.integers(0, 1000), st.integers(0, 2**62)))
+def test_tick_reports_round_trip(partitions: int, times: dict[int, int]) -> None:
+    assert forward.decode_tick(forward.encode_tick(partitions, times)) == (partitions, times)
+
+
+def test_a_tick_of_the_older_layout_reports_nothing() -> None:
+    assert forward.decode_tick((1_700_000_000_000_000).to_bytes(8, "big")) is None
+    assert forward.decode_tick(b"") is None

@@ -13,14 +13,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from convostream.broker import create_topics, free_port
-from schemas.topics import CONVERSATIONS, EVENTS_LATE, METRICS_AGENT_WINDOWS, MONITOR_EVENTS
+from convostream.broker import create_topics
+from schemas.topics import EVENTS_LATE, METRICS_AGENT_WINDOWS
 from tests.collector_harness import CollectorProcess, collector_env, read_topic
 from tests.processor_harness import (
     ProcessorProcess,
-    expected_rows,
+    expected_from_topics,
+    pipeline,
     processor_env,
     sqlite_rows,
+    sqlite_windows,
+    wait_for_rows,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,21 +46,14 @@ async def _run_pipeline(
     prefix = f"p{uuid.uuid4().hex[:8]}."
     await create_topics(kafka_broker.bootstrap, prefix=prefix)
     sim = await simulator_factory(api_key=KEY, seed=5, **SIM)
-    collector = CollectorProcess(
-        "c0",
-        collector_env(kafka_broker.bootstrap, sim.url, KEY, prefix, f"g-{prefix}"),
-        tmp_path,
-    )
-    db = tmp_path / "metrics.db"
-    processor = ProcessorProcess(
-        processor_env(
-            kafka_broker.bootstrap,
-            prefix,
-            f"sqlite:///{db}",
-            tmp_path / "state",
-            CONVOSTREAM_METRICS_PORT=str(free_port()),
-        ),
-        tmp_path,
+    # Windows aligned to the minute close up to size + grace + idle after their first event:
+    # short ones close soon after the run whatever the wall clock says.
+    windows = {
+        "CONVOSTREAM_PROCESSOR_WINDOW_SECONDS": "10",
+        "CONVOSTREAM_PROCESSOR_GRACE_SECONDS": "2",
+    }
+    collector, processor, db = pipeline(
+        kafka_broker.bootstrap, sim.url, KEY, prefix, tmp_path, processor_extra=windows
     )
     processor.start()
     collector.start()
@@ -71,24 +67,11 @@ async def _run_pipeline(
         await sim.wait_finished(180)
         await asyncio.sleep(2.0)
         assert collector.stop() == 0, collector.log_text()[-3000:]
-        events = [
-            r.value
-            for r in await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
-        ]
-        lifecycle = [
-            r.value
-            for r in await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
-        ]
-        expected = expected_rows(events, lifecycle)
+        expected, _ = await expected_from_topics(kafka_broker.bootstrap, prefix)
         assert (
             len(expected) >= SIM["conversations"] // 2
         )  # the collector's completeness is its own test
-        deadline = time.monotonic() + 120
-        actual = sqlite_rows(db)
-        while actual != expected and time.monotonic() < deadline:
-            assert processor.alive(), processor.log_text()[-3000:]
-            await asyncio.sleep(1.0)
-            actual = sqlite_rows(db)
+        actual = await wait_for_rows(db, expected, processor)
         return expected, actual, processor, prefix
     except BaseException:
         if processor.alive():
@@ -169,3 +152,109 @@ async def test_sigkilled_processor_resumes_with_identical_rows(
         assert actual == expected, _diff(expected, actual)
     finally:
         processor.stop()
+
+
+def _differing_fields(records: dict[bytes, dict[str, Any]]) -> list[str]:
+    """The fields in which ``records`` differ."""
+    values = list(records.values())
+    return [k for k in values[0] if any(v[k] != values[0][k] for v in values)]
+
+
+# window 10 s + grace 10 s + idle 20 s, and then some: every window open at the kill has passed
+# its idle deadline by the restart
+DOWNTIME = 42.0
+
+
+def _windows_done(rows: dict[tuple[str, str], dict[str, Any]], total: int) -> bool:
+    """Every window final, and every event in a window or counted late."""
+    counted = sum(r["events_total"] + r["late_events"] for r in rows.values())
+    return bool(rows) and all(r["final"] for r in rows.values()) and counted == total
+
+
+async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
+    kafka_broker: Any, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Two processors (own groups, state and SQL) on the same events, one SIGKILLed mid-run:
+    identical conversation rows and agent windows in SQL, and on the shared windows topic every
+    window has one content (the killed one re-emits byte for byte what the clean one emits).
+
+    Windows are short so the run ends soon. The killed processor stays down longer than grace +
+    idle timeout past the end of every window open at the kill, so a wall-clock tick on restart
+    would close those windows before their backlog is forwarded (the events then late, the
+    windows different): idle closing must wait until the restarted worker has caught up.
+    """
+    prefix = f"p{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_broker.bootstrap, prefix=prefix)
+    sim = await simulator_factory(api_key=KEY, seed=7, **SIM)
+    collector = CollectorProcess(
+        "c0",
+        collector_env(kafka_broker.bootstrap, sim.url, KEY, prefix, f"g-{prefix}"),
+        tmp_path,
+    )
+    windows = {
+        "CONVOSTREAM_PROCESSOR_WINDOW_SECONDS": "10",
+        "CONVOSTREAM_PROCESSOR_GRACE_SECONDS": "10",
+        "CONVOSTREAM_PROCESSOR_IDLE_SECONDS": "20",
+    }
+    runs = {
+        name: ProcessorProcess(
+            processor_env(
+                kafka_broker.bootstrap,
+                prefix,
+                f"sqlite:///{tmp_path / name}.db",
+                tmp_path / f"state-{name}",
+                CONVOSTREAM_PROCESSOR_APP_ID=name,
+                **windows,
+            ),
+            tmp_path,
+            name,
+        )
+        for name in ("clean", "killed")
+    }
+    for run in runs.values():
+        run.start()
+    collector.start()
+    try:
+        await asyncio.sleep(8.0)
+        killed = runs["killed"]
+        assert killed.alive(), killed.log_text()[-3000:]
+        killed.kill()
+        await asyncio.sleep(DOWNTIME)
+        killed.start()
+        await sim.wait_finished(180)
+        await asyncio.sleep(2.0)
+        assert collector.stop() == 0, collector.log_text()[-3000:]
+        expected, _ = await expected_from_topics(kafka_broker.bootstrap, prefix)
+        total = sum(r["events_total"] for r in expected.values() if r["agent_id"] is not None)
+        deadline = time.monotonic() + 150
+        done = dict.fromkeys(runs, False)
+        while not all(done.values()) and time.monotonic() < deadline:
+            for name, run in runs.items():
+                assert run.alive(), run.log_text()[-3000:]
+                db = tmp_path / f"{name}.db"
+                done[name] = sqlite_rows(db) == expected and _windows_done(
+                    sqlite_windows(db), total
+                )
+            await asyncio.sleep(1.0)
+        for name in runs:
+            assert sqlite_rows(tmp_path / f"{name}.db") == expected, name
+        clean = sqlite_windows(tmp_path / "clean.db")
+        assert _windows_done(clean, total)
+        assert sqlite_windows(tmp_path / "killed.db") == clean
+        on_topic: dict[tuple[str, int], dict[bytes, dict[str, Any]]] = {}
+        for record in await read_topic(
+            kafka_broker.bootstrap, METRICS_AGENT_WINDOWS.full_name(prefix)
+        ):
+            window = (record.value["agent_id"], record.value["window_start"])
+            on_topic.setdefault(window, {})[record.raw] = record.value
+        assert len(on_topic) == len(clean)
+        different = {
+            window: {k: [r[k] for r in records.values()] for k in _differing_fields(records)}
+            for window, records in on_topic.items()
+            if len(records) > 1
+        }
+        assert not different, different
+    finally:
+        for run in runs.values():
+            if run.proc is not None and run.alive():
+                run.stop()

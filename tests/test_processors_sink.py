@@ -108,7 +108,7 @@ async def sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     try:  # each test starts from an empty database
         await conn.execute(
             "DROP TABLE IF EXISTS conversation_metrics, agent_window_metrics, "
-            "convostream_schema_migrations"
+            "conversation_transcripts, conversation_summaries, convostream_schema_migrations"
         )
     finally:
         await conn.close()
@@ -206,3 +206,64 @@ async def test_example_queries_run(sink_url: str) -> None:
     assert results["slowest_conversations"][0]["latency_p95_ms"] == 900.0
     assert results["per_agent"][0]["conversations"] == 1
     assert results["recent_windows"][0]["events_total"] == 5
+
+
+def _turn(
+    index: int, event_id: int, role: str, message: str, source: str = "live"
+) -> dict[str, Any]:
+    return {
+        "conversation_id": "conv-1",
+        "turn_index": index,
+        "event_id": event_id,
+        "role": role,
+        "message": message,
+        "original_message": None,
+        "interrupted": False,
+        "tool_calls": "[]",
+        "tool_errors": 0,
+        "source": source,
+        "first_received_at": 1_700_000_000_000_000 + event_id,
+    }
+
+
+def _summary(user_turns: int, verdict: str | None) -> dict[str, Any]:
+    return {
+        "conversation_id": "conv-1",
+        "agent_id": "agent-1",
+        "ended_at": 1_700_000_100_000_000,
+        "verdict": verdict,
+        "verdict_detail": None if verdict is None else '{"source": "rest"}',
+        "channel": None,
+        "start_time_unix_secs": None,
+        "call_duration_secs": None,
+        "termination_reason": None,
+        "call_successful": None,
+        "transcript_summary": None,
+        "user_turns": user_turns,
+        "agent_turns": 1,
+        "interrupted_turns": 0,
+        "corrected_turns": 0,
+        "backfilled_turns": 0 if verdict is None else 1,
+        "updated_at": 1_700_000_101_000_000,
+    }
+
+
+async def test_transcripts_are_replaced_whole_and_summaries_upserted(sink_url: str) -> None:
+    sink = await _started(sink_url)
+    try:
+        live = [_turn(0, 1, "agent", "Hello"), _turn(1, 4, "user", "Bye")]
+        await sink.write_finished([live], [_summary(1, None)])
+        # the backfill brings a missed turn in the middle: indices after it shift
+        repaired = [live[0], _turn(1, 2, "user", "Hi", "backfill"), {**live[1], "turn_index": 2}]
+        for _ in range(2):  # idempotent
+            await sink.write_finished([repaired], [_summary(2, "repaired")])
+        rows = await _query(
+            sink_url, "SELECT turn_index, event_id, source FROM conversation_transcripts "
+            "ORDER BY turn_index"
+        )  # fmt: skip
+        assert [tuple(r.values()) for r in rows] == [(0, 1, "live"), (1, 2, "backfill"),
+                                                     (2, 4, "live")]  # fmt: skip
+        (summary,) = await _rows(sink_url, "conversation_summaries")
+        assert (summary["user_turns"], summary["verdict"]) == (2, "repaired")
+    finally:
+        await sink.close()

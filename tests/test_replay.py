@@ -1,134 +1,281 @@
-"""Replay de-duplication against a model of the upstream's replay-on-connect behaviour."""
+"""The replay core against a model of the upstream: replays, repeats, reorder, markers, owners.
+
+Identity is checked by occurrence: the n-th copy of a text must be published under the key
+``event_key(conversation, text, n)`` exactly once over all collectors (a crash take-over may
+publish a copy again, but only under the same key).
+"""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.replay import REPLAY_SIZE, ReplayFilter, event_key, frame_digest
 
+CID = "c1"
 
-class Session:
-    """Feeds a ReplayFilter the way a monitor socket would and records what gets published."""
 
-    def __init__(self) -> None:
-        self.filter = ReplayFilter()
-        self.now = 0.0
-        self.published: list[str] = []
-        self.keys: list[str] = []
-        self.gaps = 0
+def owed(frames: list[str]) -> Counter[tuple[str, int]]:
+    """(text, occurrence) of every generated frame."""
+    seen: Counter[str] = Counter()
+    out: Counter[tuple[str, int]] = Counter()
+    for text in frames:
+        out[(text, seen[text])] += 1
+        seen[text] += 1
+    return out
+
+
+@dataclass
+class Collector:
+    """Feeds a ReplayFilter the way a monitor socket would; records what it publishes."""
+
+    markers: bool
+    filter: ReplayFilter = field(default_factory=ReplayFilter)
+    now: float = 0.0
+    published: list[tuple[str, int]] = field(default_factory=list)
+    gaps: int = 0
+    _held: list[str] = field(default_factory=list)
 
     def connect(self, server: list[str]) -> None:
         self.now += 1.0
-        self._gap(self.filter.connected(self.now))
-        for text in server[-REPLAY_SIZE:]:  # the burst: back to back
+        self._take(self.filter.connected(self.now))
+        if self.markers:
+            self._take(self.filter.marker("connected", self.now))
+        for text in server[-REPLAY_SIZE:]:  # the burst: back to back, generation order
             self.now += 0.001
             self._frame(text)
+        if self.markers:
+            self._take(self.filter.marker("history_complete", self.now))
+        else:
+            self.now += 1.0
+            self._take(self.filter.tick(self.now))
 
     def live(self, text: str) -> None:
         self.now += 0.5
         self._frame(text)
 
-    def _frame(self, text: str) -> None:
-        digest = frame_digest(text.encode())
-        verdict, gap = self.filter.observe(digest, self.now)
-        self._gap(gap)
-        if not verdict.duplicate:
-            self.published.append(text)
-            self.keys.append(event_key("c1", digest, verdict.occurrence))
+    def disconnect(self) -> None:
+        self._take(self.filter.disconnected())
 
-    def _gap(self, gap: object) -> None:
+    def _frame(self, text: str) -> None:
+        self._held.append(text)
+        self._take(self.filter.observe(frame_digest(text.encode()), self.now))
+
+    def _take(self, outcome: tuple[list, object]) -> None:  # type: ignore[type-arg]
+        verdicts, gap = outcome
+        for verdict in verdicts:
+            text = self._held.pop(0)
+            if not verdict.duplicate:
+                self.published.append((text, verdict.occurrence))
         if gap is not None:
             self.gaps += 1
 
 
-@given(
-    total=st.integers(1, 400),
-    cuts=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 99)), max_size=6),
-    shuffle_seed=st.integers(0, 2**32),
-)
-@settings(max_examples=150, deadline=None)
-def test_unique_frames_published_exactly_once_when_replay_covers(
-    total: int, cuts: list[tuple[int, int]], shuffle_seed: int
-) -> None:
-    """Disconnects that miss fewer than 100 frames lose nothing and duplicate nothing, even
-    when live frames arrive out of generation order."""
-    frames = [f'{{"type":"agent_response","n":{i}}}' for i in range(total)]
-    rng = random.Random(shuffle_seed)
-    for i in range(total - 1):  # local reordering of the live stream
-        if rng.random() < 0.3:
-            frames[i], frames[i + 1] = frames[i + 1], frames[i]
-    disconnect_at = {at: missed for at, missed in cuts}
-    session = Session()
+def conversation(rng: random.Random, total: int, repeat_ratio: float) -> list[str]:
+    """Frames as upstream sends them: unique turns, chat deltas and status frames that repeat."""
+    frames: list[str] = []
+    for i in range(total):
+        if frames and rng.random() < repeat_ratio:
+            near = rng.random() < 0.5  # a delta repeated within its turn, or an old status frame
+            lo = max(0, len(frames) - 4) if near else 0
+            frames.append(frames[rng.randrange(lo, len(frames))])
+        else:
+            frames.append(f'{{"type":"agent_response","n":{i}}}')
+    return frames
+
+
+def run(
+    frames: list[str],
+    cuts: dict[int, int],
+    rng: random.Random,
+    markers: bool,
+    takeover: tuple[int, str] | None = None,
+) -> tuple[list[Collector], int]:
+    """Generate ``frames``; at each cut, the socket drops and ``missed`` frames go by unseen.
+
+    ``takeover=(at, how)``: at that frame the owner dies and a new one continues, seeded from a
+    hand-over (``"handover"``: everything), a checkpoint taken every 20 frames
+    (``"checkpoint"``), or nothing (``"none"``). Returns the collectors and how many
+    connections had a full replay window holding nothing the owner knew: exactly those must be
+    reported as gaps (frames before the window may be lost, and nothing proves otherwise).
+    """
+    owner = Collector(markers)
+    owners = [owner]
     server: list[str] = []
-    session.connect(server)
+    known: set[int] = set()  # generated indices the current owner received or was seeded with
+    checkpoint: tuple[bytes, set[int]] = (b"", set())
+    blind = 0
+
+    def connect() -> None:
+        nonlocal blind
+        window = range(max(0, len(server) - REPLAY_SIZE), len(server))
+        if len(server) >= REPLAY_SIZE and not known & set(window):
+            blind += 1
+        elif set(range(window.start)) - known:
+            # a frame lost in flight just before the window, overtaken by one we received:
+            # nothing on the wire tells it existed (no sequence numbers upstream)
+            blind += 1000
+        owner.connect(server)
+        known.update(window)
+
+    connect()
+    flight: list[int] = []  # generated, not yet delivered: a frame may overtake the one before
     i = 0
-    while i < total:
-        missed = disconnect_at.pop(i, None)
+    while i < len(frames):
+        if i % 20 == 0 and not flight:
+            checkpoint = (owner.filter.history(), set(known))
+        if takeover is not None and i == takeover[0]:
+            flight.clear()
+            owner.disconnect()
+            if takeover[1] == "handover":
+                seed, known = owner.filter.history(), set(known)
+            elif takeover[1] == "checkpoint":
+                seed, known = checkpoint[0], set(checkpoint[1])
+            else:
+                seed, known = b"", set()
+            owner = Collector(markers)
+            owner.filter.seed(seed)
+            owners.append(owner)
+            connect()
+            takeover = None
+            continue
+        missed = cuts.pop(i, None)
         if missed is not None:
-            server.extend(frames[i : i + missed])  # generated while we were away
+            flight.clear()  # lost with the socket; the replay has them
+            owner.disconnect()
+            server.extend(frames[i : i + missed])
             i += missed
-            session.connect(server)
+            connect()
             continue
         server.append(frames[i])
-        session.live(frames[i])
+        flight.append(i)
+        while flight and (i - flight[0] >= 3 or rng.random() < 0.7):  # at most 3 places late
+            at = flight.pop(0 if i - flight[0] >= 3 else rng.randrange(len(flight)))
+            owner.live(frames[at])
+            known.add(at)
         i += 1
-    assert sorted(session.published) == sorted(frames)
-    assert len(set(session.keys)) == len(session.keys)
-    assert session.gaps == 0
+    for at in flight:
+        owner.live(frames[at])
+    owner.disconnect()
+    return owners, blind
 
 
-def test_identical_frames_that_repeat_live_are_all_kept() -> None:
-    """Two identical frames are two events, both live and through a reconnect's replay."""
+def check(frames: list[str], owners: list[Collector]) -> None:
+    published: Counter[tuple[str, int]] = Counter()
+    for owner in owners:
+        published.update(owner.published)
+    assert set(published) == set(owed(frames)), (
+        sorted(set(owed(frames)) - set(published))[:5],
+        sorted(set(published) - set(owed(frames)))[:5],
+    )
+
+
+# Jittered live frames and repeats make exactness depend on luck at the replay window's edge only
+# when a repeated text has copies within the alignment slack of that edge; the generator above
+# keeps repeats of recent frames within four places, below the slack, so the answer is exact.
+cuts_strategy = st.dictionaries(st.integers(1, 400), st.integers(0, 99), max_size=5)
+
+
+@given(
+    total=st.integers(1, 400),
+    cuts=cuts_strategy,
+    seed=st.integers(0, 2**32),
+    repeat_ratio=st.sampled_from([0.0, 0.1, 0.2]),
+    markers=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_every_occurrence_once_when_the_replay_covers(
+    total: int, cuts: dict[int, int], seed: int, repeat_ratio: float, markers: bool
+) -> None:
+    rng = random.Random(seed)
+    frames = conversation(rng, total, repeat_ratio)
+    (owner,), blind = run(frames, dict(cuts), rng, markers)
+    if repeat_ratio == 0:
+        assert owner.filter.ambiguous == 0  # unique frames are always decidable
+    if owner.filter.ambiguous:
+        return  # counted: the upstream gave no way to tell (see ingest.replay)
+    if blind >= 1000:
+        return
+    assert owner.gaps == blind
+    if not blind:
+        assert sorted(owner.published) == sorted(owed(frames))  # none lost, merged or doubled
+
+
+@given(
+    extra=st.integers(0, 100),
+    at=st.integers(1, 119),
+    missed=st.integers(101, 300),
+    seed=st.integers(0, 2**32),
+    repeat_ratio=st.sampled_from([0.0, 0.2]),
+    markers=st.booleans(),
+)
+@settings(max_examples=100, deadline=None)
+def test_a_replay_that_cannot_cover_reports_a_gap(
+    extra: int, at: int, missed: int, seed: int, repeat_ratio: float, markers: bool
+) -> None:
+    rng = random.Random(seed)
+    frames = conversation(rng, at + missed + extra, repeat_ratio)
+    (owner,), blind = run(frames, {at: missed}, rng, markers)
+    assert blind >= 1
+    assert owner.gaps == 1 or owner.filter.ambiguous or blind >= 1000
+
+
+@given(
+    total=st.integers(2, 300),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+    repeat_ratio=st.sampled_from([0.0, 0.1, 0.2]),
+    markers=st.booleans(),
+    how=st.sampled_from(["handover", "checkpoint", "none"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_take_overs_publish_each_occurrence_under_one_key(
+    total: int, data: st.DataObject, seed: int, repeat_ratio: float, markers: bool, how: str
+) -> None:
+    """After a hand-over nothing is published twice; after a crash, copies keep their keys; a
+    take-over whose replay cannot reach what the dead owner published last says so."""
+    at = data.draw(st.integers(1, total - 1))
+    rng = random.Random(seed)
+    frames = conversation(rng, total, repeat_ratio)
+    owners, blind = run(frames, {}, rng, markers, takeover=(at, how))
+    old, new = owners
+    if old.filter.ambiguous or new.filter.ambiguous:
+        assert repeat_ratio > 0
+        return
+    if blind >= 1000:
+        return
+    assert old.gaps + new.gaps == blind
+    if not blind:
+        check(frames, owners)
+        if how == "handover":
+            assert not set(old.published) & set(new.published)  # nothing twice
+
+
+def test_a_new_frame_identical_to_an_old_one_is_not_taken_for_a_replay() -> None:
     ping = '{"type":"agent_response_complete"}'
-    session = Session()
-    server: list[str] = []
-    session.connect(server)
-    for text in ["a", ping, "b", ping]:
-        server.append(text)
-        session.live(text)
-    session.connect(server)  # replay of all four: all duplicates
-    server.append(ping)
-    session.live(ping)  # a third, live: kept
-    assert session.published == ["a", ping, "b", ping, ping]
-    assert len(set(session.keys)) == 5
-
-
-def test_identical_frame_missed_during_disconnect_is_recovered() -> None:
-    ping = '{"type":"agent_response_complete"}'
-    session = Session()
-    server = ["a", ping]
-    session.connect([])
-    for text in server:
-        session.live(text)
-    server += ["b", ping]  # missed while disconnected
-    session.connect(server)
-    assert session.published == ["a", ping, "b", ping]
-
-
-def test_replay_that_cannot_cover_the_disconnect_reports_a_gap() -> None:
-    session = Session()
-    server = [f"f{i}" for i in range(50)]
-    session.connect([])
-    for text in server:
-        session.live(text)
-    server += [f"g{i}" for i in range(150)]  # 150 missed: replay holds only the last 100
-    session.connect(server)
-    session.live("h")
-    assert session.gaps == 1
-    assert session.published[-101:-1] == server[-100:]
+    frames = [ping] + [f"f{i}" for i in range(60)] + [ping]  # the repeat was missed
+    owner = Collector(markers=False)
+    owner.connect([])
+    for text in frames[:-1]:
+        owner.live(text)
+    owner.disconnect()
+    owner.connect(frames)
+    assert sorted(owner.published) == sorted(owed(frames))
 
 
 def test_keys_are_the_same_for_any_collector_that_saw_the_same_frames() -> None:
     rng = random.Random(4)
-    texts = [f"t{rng.randrange(5)}" for _ in range(60)]  # many identical repeats
-    a, b = Session(), Session()
+    texts = [f"t{rng.randrange(5)}" for _ in range(300)]  # many repeats, far apart
+    a, b = Collector(markers=True), Collector(markers=False)
     a.connect([])
     b.connect([])
     for text in texts:
         a.live(text)
         b.live(text)
-    assert a.keys == b.keys
-    assert len(set(a.keys)) == 60
+    keys = [event_key(CID, frame_digest(t.encode()), n) for t, n in a.published]
+    assert a.published == b.published
+    assert len(set(keys)) == 300

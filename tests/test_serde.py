@@ -3,14 +3,13 @@ registries (pinned ids and a real Confluent-compatible HTTP registry) give worki
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
-from aiohttp import web
 from fastavro import parse_schema, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,16 +18,17 @@ from schemas.avro_schemas import (
     SCHEMA_NAMES,
     canonical_form,
     fingerprint_of,
-    micros_to_iso,
     parsed,
     schema_json,
-    to_micros,
 )
+from schemas.clock import micros_to_iso, to_micros
 from schemas.payloads import PAYLOAD_KEYS, PAYLOAD_RECORDS, RAW_PAYLOAD, monitor_payload
+from schemas.records import RECORDS
 from schemas.registry import (
     HttpSchemaRegistry,
     PinnedRegistry,
     PinnedVersion,
+    Retry,
     load_pinned,
     registry_from_settings,
 )
@@ -40,8 +40,10 @@ from schemas.serde import (
     TruncatedMessage,
     UnknownMagicByte,
     UnknownSchemaId,
+    open_serde,
 )
 from schemas.topics import CATALOGUE
+from tests.registry_server import FakeRegistry, fake_registry_server
 
 EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -113,9 +115,10 @@ def monitor_events(branch: str) -> st.SearchStrategy[dict[str, Any]]:
 @given(data=st.data())
 def test_every_record_type_round_trips(name: str, data: st.DataObject) -> None:
     record = data.draw(values_of(parsed(name)))
+    drawn = copy.deepcopy(record)  # the input as drawn, whatever encode does to its argument
     encoded = SERDE.encode(name, record)
     assert encoded[0] == 0
-    assert SERDE.decode(encoded) == (name, record, SERDE.registry.writer_id(name))
+    assert SERDE.decode(encoded) == (name, drawn, SERDE.registry.writer_id(name))
 
 
 @pytest.mark.parametrize("branch", sorted(PAYLOAD_BRANCHES))
@@ -123,8 +126,9 @@ def test_every_record_type_round_trips(name: str, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_every_payload_variant_round_trips(branch: str, data: st.DataObject) -> None:
     event = data.draw(monitor_events(branch))
+    drawn = copy.deepcopy(event)
     name, record, _ = SERDE.decode(SERDE.encode("MonitorEvent", event))
-    assert (name, record) == ("MonitorEvent", event)
+    assert (name, record) == ("MonitorEvent", drawn)
     assert record["payload"][0] == branch
 
 
@@ -136,7 +140,8 @@ def test_every_upstream_type_has_a_payload_record() -> None:
         "interruption", "internal_tentative_agent_response", "client_tool_call",
         "agent_tool_request", "agent_tool_response", "agent_tool_response_full_payload",
         "mcp_tool_call", "mcp_connection_status", "context_usage", "guardrail_triggered",
-        "client_error", "dtmf_request",
+        "client_error", "dtmf_request", "error", "agent_reasoning_response_part", "rich_content",
+        "agent_typing", "external_agent_connected", "external_agent_disconnected", "queue_status",
     }  # fmt: skip
     assert set(PAYLOAD_RECORDS) == upstream
     assert set(PAYLOAD_RECORDS.values()) | {RAW_PAYLOAD} == set(PAYLOAD_BRANCHES)
@@ -381,60 +386,10 @@ def test_timestamps_are_int_micros() -> None:
 # ---------------------------------------------------------------- a Confluent-compatible registry
 
 
-@dataclass
-class FakeRegistry:
-    """Just enough of the Confluent Schema Registry REST API, with basic auth."""
-
-    ids: dict[str, int] = field(default_factory=dict)  # schema text -> id
-    subjects: dict[str, list[int]] = field(default_factory=dict)
-    gets: list[int] = field(default_factory=list)
-
-    def app(self) -> web.Application:
-        @web.middleware
-        async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-            if request.headers.get("Authorization") != "Basic dXNlcjpwYXNzd29yZA==":
-                return web.json_response({"error_code": 401, "message": "Unauthorized"}, status=401)
-            response: web.StreamResponse = await handler(request)
-            return response
-
-        app = web.Application(middlewares=[auth])
-        app.router.add_post("/subjects/{subject}/versions", self.register)
-        app.router.add_get("/schemas/ids/{id}", self.get)
-        return app
-
-    def add(self, subject: str, text: str) -> int:
-        schema_id = self.ids.setdefault(text, len(self.ids) + 1)
-        versions = self.subjects.setdefault(subject, [])
-        if schema_id not in versions:
-            versions.append(schema_id)
-        return schema_id
-
-    async def register(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        json.loads(body["schema"])  # a real registry parses it
-        return web.json_response({"id": self.add(request.match_info["subject"], body["schema"])})
-
-    async def get(self, request: web.Request) -> web.Response:
-        schema_id = int(request.match_info["id"])
-        self.gets.append(schema_id)
-        for text, known in self.ids.items():
-            if known == schema_id:
-                return web.json_response({"schema": text})
-        return web.json_response({"error_code": 40403, "message": "Schema not found"}, status=404)
-
-
 @pytest.fixture
 async def fake_registry() -> AsyncIterator[tuple[FakeRegistry, str]]:
-    fake = FakeRegistry()
-    runner = web.AppRunner(fake.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield fake, f"http://user:password@{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with fake_registry_server() as served:
+        yield served
 
 
 async def test_http_registry_registers_and_fetches_lazily(
@@ -498,7 +453,83 @@ async def test_http_registry_errors_hide_credentials(
         with pytest.raises(RegistryError, match=r"answered POST .* with 401: Unauthorized") as info:
             await wrong.prepare()
         assert "secret-pw" not in str(info.value)
+        assert not info.value.retriable  # a refusal: start-up fails fast
     finally:
         await wrong.close()
-    with pytest.raises(EncodeError, match="not registered yet"):
+    with pytest.raises(EncodeError, match="not prepared"):
         Serde(HttpSchemaRegistry(url)).encode("DeadLetter", _sample_dead_letter())
+
+
+FAST = Retry(first=0.01, cap=0.05)
+
+
+async def test_lookup_only_components_never_post(
+    fake_registry: tuple[FakeRegistry, str],
+) -> None:
+    """A lookup-only writer finds its ids by GET; a reader prepares nothing and GETs ids."""
+    fake, url = fake_registry
+    topics = [t for t in CATALOGUE if t.value_schema == "DeadLetter"]
+    with pytest.raises(RegistryError, match="not registered under"):
+        await open_serde(url, topics, "p.", lookup_only=True)
+    assert set(fake.methods) == {"GET"}
+    fake.add("p.convai.monitor.dlq-value", '{"type": "string"}')  # an older version
+    writer = await open_serde(url, topics, "p.")  # registers: the new version gets an id
+    fake.methods.clear()
+    looker = await open_serde(url, topics, "p.", lookup_only=True)
+    reader = await open_serde(url)
+    try:
+        assert looker.registry.writer_id("DeadLetter") == writer.registry.writer_id("DeadLetter")
+        data = looker.encode("DeadLetter", _sample_dead_letter())
+        assert (await reader.resolve(data)).record == _sample_dead_letter()
+        assert set(fake.methods) == {"GET"}
+    finally:
+        for serde in (writer, looker, reader):
+            await serde.close()
+
+
+async def test_registry_outage_is_waited_out(fake_registry: tuple[FakeRegistry, str]) -> None:
+    """5xx answers are retried with back-off (start-up and look-ups); only 'unknown id' and,
+    at start-up, a refusal are final."""
+    fake, url = fake_registry
+    fake.outage = 3
+    writer = await open_serde(url, CATALOGUE, retry=FAST)
+    data = writer.encode("DeadLetter", _sample_dead_letter())
+    await writer.close()
+    fake.outage = 4
+    reader = await open_serde(url, retry=FAST)
+    try:
+        assert (await reader.resolve(data)).record == _sample_dead_letter()
+        assert fake.outage == 0
+        with pytest.raises(UnknownSchemaId):
+            await reader.resolve(b"\x00" + (999).to_bytes(4, "big"))
+    finally:
+        await reader.close()
+    # a registry that stays down: a bounded retry gives up with the reason, no credentials
+    fake.outage = 10**6
+    impatient = await open_serde(url, retry=Retry(first=0.01, cap=0.02, give_up_after=0.2))
+    try:
+        with pytest.raises(RegistryError, match="503") as info:
+            await impatient.resolve(b"\x00" + (1).to_bytes(4, "big"))
+        assert "password" not in str(info.value)
+        assert info.value.retriable
+    finally:
+        await impatient.close()
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_record_types_match_their_schemas(name: str) -> None:
+    """Each TypedDict of ``schemas.records`` has the schema's fields, nullable where it is,
+    optional where it has a default, and the schema's enum symbols."""
+    hints = get_type_hints(RECORDS[name])
+    fields = {f["name"]: f["type"] for f in schema_json(name)["fields"]}
+    assert list(hints) == list(fields)
+    defaults = {f["name"] for f in schema_json(name)["fields"] if "default" in f}
+    assert RECORDS[name].__optional_keys__ == defaults
+    for field, avro in fields.items():
+        branches = avro if isinstance(avro, list) else [avro]
+        hint_args = get_args(hints[field])
+        assert ("null" in branches) == (type(None) in hint_args), field
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "enum":
+                literals = [a for a in hint_args if get_origin(a) is Literal] or [hints[field]]
+                assert set(get_args(literals[0])) == set(branch["symbols"]), field

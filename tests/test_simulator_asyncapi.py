@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from simulator import commands
 from simulator.script import ConversationScript, ScriptParams, make_agents
 from simulator.testing import monitor, read_all, wait_for
 
@@ -133,6 +134,13 @@ def _merge_mcp_states(doc: dict[str, Any]) -> None:
     # ``nullable`` is OpenAPI-only; the simulator never sends null there anyway.
 
 
+def _string_part_ids(doc: dict[str, Any]) -> None:
+    """Where the file lags the docs: the client-events page shows a string ``event_id``
+    (``"evt_123456"``) on chat response parts, the file says integer; accept both there only."""
+    part = doc["components"]["schemas"]["AgentChatResponsePartData"]
+    part["properties"]["event_id"] = {"type": ["integer", "string"]}
+
+
 @cache
 def contract() -> tuple[dict[str, Any], dict[str, Any]]:
     raw = yaml.safe_load(ASYNCAPI.read_text())
@@ -143,6 +151,7 @@ def contract() -> tuple[dict[str, Any], dict[str, Any]]:
 def validators() -> dict[str, Draft202012Validator]:
     _raw, doc = contract()
     _merge_mcp_states(doc)
+    _string_part_ids(doc)
     registry: Registry[Any] = Registry().with_resource(URI, DRAFT202012.create_resource(doc))
     out: dict[str, Draft202012Validator] = {}
     for ref in doc["channels"]["AgentMessages"]["publish"]["message"]["oneOf"]:
@@ -205,6 +214,31 @@ def test_validators_reject_bad_frames() -> None:
         )
     with pytest.raises(AssertionError):
         check_frame('{"type":"vad_score_x"}')
+
+
+def test_human_operator_and_error_frames_validate() -> None:
+    agents = make_agents(5, 1)
+    scripts = (ConversationScript(5, n, agents[0], ScriptParams(chat_ratio=1.0)) for n in range(9))
+    chat = next(s for s in scripts if s.kind == "chat")
+    kinds = [check_frame(chat.error(0.0, code, 1).text) for code in (1002, 1011)]
+    steps = [
+        '{"command_type":"enable_human_takeover"}',
+        '{"command_type":"send_human_message","parameters":{"text":"Hello, Ana here"}}',
+    ]
+    for step in steps:
+        kinds += [
+            check_frame(f.text) for f in commands.apply(chat, commands.parse(step), 1.0).frames
+        ]
+    while (frame := chat.next_frame(2.0)) is not None and "agent_typing" not in kinds:
+        kinds.append(check_frame(frame.text))
+    off = commands.apply(chat, commands.parse('{"command_type":"disable_human_takeover"}'), 3.0)
+    kinds += [check_frame(f.text) for f in off.frames]
+    assert {
+        "error",
+        "external_agent_connected",
+        "agent_typing",
+        "external_agent_disconnected",
+    } <= set(kinds)
 
 
 def test_200_generated_conversations_validate() -> None:

@@ -156,7 +156,9 @@ def test_commands_change_the_script() -> None:
     takeover = commands.parse('{"command_type":"enable_human_takeover","parameters":{}}')
     assert not commands.apply(voice, takeover, 1.0).accepted
     assert not voice.takeover
-    assert commands.apply(chat, takeover, 1.0).accepted
+    enabled = commands.apply(chat, takeover, 1.0)
+    assert enabled.accepted
+    assert [f.type for f in enabled.frames] == ["external_agent_connected"]
     human = commands.parse(
         '{"command_type":"send_human_message","parameters":{"text":"Hi, I am Ana"}}'
     )
@@ -167,6 +169,8 @@ def test_commands_change_the_script() -> None:
         t["agent_response_event"]["agent_response"] for t in texts if t["type"] == "agent_response"
     ]
     assert "Hi, I am Ana" in responses
+    kinds = [t["type"] for t in texts]
+    assert kinds[kinds.index("agent_typing") + 1] == "agent_response"  # the operator typed it
     # After the in-flight turn, no generated agent reply while a human has taken over.
     after = responses[responses.index("Hi, I am Ana") + 1 :]
     assert after == []
@@ -179,6 +183,16 @@ def test_commands_change_the_script() -> None:
         "agent_tool_response_full_payload",
     ]
     assert chat.next_frame(10.0) is None
+    chat_transfer = commands.apply(
+        ConversationScript(chat.seed, chat.number, chat.agent, chat.params),
+        commands.parse(
+            '{"command_type":"transfer_to_number","parameters":{"phone_number":"+14155550123"}}'
+        ),
+        2.0,
+    )
+    assert not chat_transfer.accepted  # a phone-call tool: never in a chat conversation
+    assert "phone only" in chat_transfer.effect
+    assert not chat_transfer.frames
     bad = commands.apply(
         voice,
         commands.parse('{"command_type":"transfer_to_number","parameters":{"phone_number":"12"}}'),

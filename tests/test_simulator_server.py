@@ -147,17 +147,21 @@ async def test_disconnects_happen(simulator_factory: Any) -> None:
     sim = await simulator_factory(
         conversations=1, events_per_second=50, turns=500, disconnect_every=0.1, seed=2
     )
-    await wait_for(lambda: bool(sim.conversations))
+    await wait_for(lambda: bool(sim.conversations) and sim.conversations[0].live)
     conv = sim.conversations[0]
     codes = []
     for _ in range(12):
         async with monitor(sim, conv.conversation_id) as ws:
             got = await read_all(ws, timeout=10)
         codes.append(got.code)
+        if got.code in (1002, 1011):  # an error close is announced by an error frame
+            last = orjson.loads(got.frames[-1])
+            assert last["type"] == "error"
+            assert last["error_event"]["code"] == got.code
     assert sim.status()["drops"] >= 12
-    assert set(codes) <= {1006, 1011, 1012}
+    assert set(codes) <= {1006, 1002, 1011}  # close codes of the AsyncAPI only
     assert 1006 in codes, codes  # abrupt TCP drops
-    assert {1011, 1012} & set(codes), codes  # and close codes
+    assert {1002, 1011} & set(codes), codes  # and close codes
 
 
 async def test_auth_unknown_and_ended_close_1008(simulator_factory: Any) -> None:
@@ -279,10 +283,10 @@ async def test_commands_are_logged_and_take_effect(simulator_factory: Any, tmp_p
     )
 
     for conv in (chat, voice):
-        await wait_for(lambda c=conv: c.status == "done", timeout=5)
+        await wait_for(lambda c=conv: c.status in ("done", "failed"), timeout=5)
         status, body = await rest(sim, f"/v1/convai/conversations/{conv.conversation_id}")
         assert status == 200
-        assert body["status"] == "done"
+        assert body["status"] == conv.status
     await sim.stop()
     logged = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
     assert [(r["conversation_id"], r["frame"]) for r in logged] == sent
@@ -363,7 +367,11 @@ async def test_rest_paging_filters_and_schemas(simulator_factory: Any) -> None:
     status, body = await rest(
         sim,
         "/v1/convai/conversations",
-        params=[("exclude_statuses", "done"), ("exclude_statuses", "processing")],
+        params=[
+            ("exclude_statuses", "done"),
+            ("exclude_statuses", "processing"),
+            ("exclude_statuses", "failed"),
+        ],
     )
     assert body == {"conversations": [], "next_cursor": None, "has_more": False}
     status, body = await rest(
@@ -373,14 +381,15 @@ async def test_rest_paging_filters_and_schemas(simulator_factory: Any) -> None:
     )
     assert len(body["conversations"]) == 7
     for summary in body["conversations"]:
-        assert summary["status"] == "done"
+        assert summary["status"] in ("done", "failed")
         assert summary["message_count"] > 0
         assert summary["call_successful"] in {"success", "failure", "unknown"}
     openapi("GetConversationsPageResponseModel").validate(body)
     for conv in sim.conversations:
         status, body = await rest(sim, f"/v1/convai/conversations/{conv.conversation_id}")
         openapi("GetConversationResponseModel").validate(body)
-        assert body["status"] == "done"
+        assert body["status"] == conv.status
+        assert all("source_event_id" in t for t in body["transcript"])
         assert body["transcript"]
     newest = max(int(c.start_unix) for c in sim.conversations)
     status, body = await rest(
@@ -393,20 +402,67 @@ async def test_rest_paging_filters_and_schemas(simulator_factory: Any) -> None:
     assert body["done"] == 7
 
 
-async def test_status_moves_through_processing(simulator_factory: Any) -> None:
+async def test_status_moves_from_initiated_through_processing(simulator_factory: Any) -> None:
     sim = await simulator_factory(
-        conversations=1, events_per_second=300, turns=1, seed=8, processing_seconds=0.5
+        conversations=1,
+        events_per_second=300,
+        turns=1,
+        seed=8,
+        processing_seconds=0.5,
+        initiated_seconds=0.5,
     )
     await wait_for(lambda: bool(sim.conversations))
     conv = sim.conversations[0]
-    seen = set()
+    async with monitor(sim, conv.conversation_id) as ws:  # not started: refused, not ended
+        got = await read_all(ws)
+    assert (got.code, got.reason, got.frames) == (1008, "conversation has not started", [])
+    assert conv.frames == 0
+    seen: list[str] = []
     async with asyncio.timeout(10):
-        while conv.status != "done":
-            seen.add(
-                (await rest(sim, f"/v1/convai/conversations/{conv.conversation_id}"))[1]["status"]
-            )
+        while conv.status not in ("done", "failed"):
+            status = (await rest(sim, f"/v1/convai/conversations/{conv.conversation_id}"))[1]
+            if not seen or seen[-1] != status["status"]:
+                seen.append(status["status"])
             await asyncio.sleep(0.05)
-    assert "processing" in seen
+    assert seen == ["initiated", "in-progress", "processing"]
+    _, listed = await rest(
+        sim, "/v1/convai/conversations", params=[("exclude_statuses", "initiated")]
+    )
+    assert [c["status"] for c in listed["conversations"]] == [conv.status]
+
+
+async def test_monitoring_events_selection_per_agent(
+    simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Agent 1 streams two types only; its other frames reach REST, not monitors or the truth."""
+    truth = tmp_path / "truth.jsonl"
+    sim = await simulator_factory(
+        conversations=4,
+        agents=2,
+        events_per_second=300,
+        turns=4,
+        seed=5,
+        replay_markers=True,
+        ground_truth=truth,
+        monitoring_events="1=user_transcript,agent_response",
+    )
+    await wait_for(lambda: any(c.agent_id == sim.agents[0].agent_id for c in sim.conversations))
+    conv = next(c for c in sim.conversations if c.agent_id == sim.agents[0].agent_id)
+    await wait_for(lambda: conv.live)
+    async with monitor(sim, conv.conversation_id) as ws:
+        got = await read_all(ws, timeout=20)
+    types = {orjson.loads(f)["type"] for f in got.frames}
+    assert types <= {"user_transcript", "agent_response", "connected", "history_complete"}
+    assert {"user_transcript", "agent_response"} <= types
+    await sim.wait_finished(30)
+    await sim.stop()
+    lines = ground_truth(truth)
+    restricted = {orjson.loads(r["frame"])["type"] for r in lines if r["agent_id"] == conv.agent_id}
+    others = {orjson.loads(r["frame"])["type"] for r in lines if r["agent_id"] != conv.agent_id}
+    assert restricted == {"user_transcript", "agent_response"}
+    assert others > restricted  # other agents stream every type
+    owed = sum(1 for r in lines if r["conversation_id"] == conv.conversation_id)
+    assert conv.frames > owed  # generated, yet never streamed nor owed to the topic
 
 
 async def test_rest_error_injection(simulator_factory: Any) -> None:
@@ -532,7 +588,43 @@ def _first_live(port: int, key: str) -> str:
         )
         with urllib.request.urlopen(req, timeout=5) as response:  # noqa: S310 - loopback
             body = json.loads(response.read())
-        if body["conversations"]:
-            return str(body["conversations"][0]["conversation_id"])
+        live = [c for c in body["conversations"] if c["status"] == "in-progress"]
+        if live:  # past "initiated"
+            return str(live[0]["conversation_id"])
         time.sleep(0.05)
     pytest.fail("no conversation listed")
+
+
+async def test_repeats_are_in_the_ground_truth_and_markers_frame_the_replay(
+    simulator_factory: Any, tmp_path: Path
+) -> None:
+    truth = tmp_path / "truth.jsonl"
+    sim = await simulator_factory(
+        conversations=4, seed=3, events_per_second=200, repeat_ratio=0.2, replay_markers=True,
+        ground_truth=truth,
+    )  # fmt: skip
+    await sim.wait_finished(60)
+    lines = [json.loads(line) for line in truth.read_text().splitlines()]
+    per_conv: dict[str, list[str]] = {}
+    for line in lines:
+        per_conv.setdefault(line["conversation_id"], []).append(line["frame"])
+    repeats = sum(len(f) - len(set(f)) for f in per_conv.values())
+    assert 0.1 * len(lines) < repeats < 0.3 * len(lines)
+    assert not any('"history_complete"' in line["frame"] for line in lines)
+
+    live = await simulator_factory(
+        conversations=1, seed=4, events_per_second=20, replay_markers=True
+    )
+    await wait_for(lambda: any(c.frames >= 5 for c in live.live_conversations()))
+    conv = next(live.live_conversations())
+    async with monitor(live, conv.conversation_id) as ws:
+        got = await read_all(ws, limit=conv.frames + 2)
+    assert got.frames[0] == '{"type":"connected"}'
+    assert '{"type":"history_complete"}' in got.frames[1:]
+
+
+async def test_some_conversations_end_failed(simulator_factory: Any) -> None:
+    sim = await simulator_factory(conversations=60, events_per_second=500, turns=1, seed=8)
+    await sim.wait_finished(30)
+    statuses = {c.status for c in sim.conversations}
+    assert statuses == {"done", "failed"}

@@ -96,11 +96,18 @@ def test_tail_prints_decoded_records_and_errors(topics: tuple[str, str]) -> None
     events = sorted((x for x in lines if "_error" not in x), key=lambda x: x["_offset"])
     _, prefix = topics
     for seq, line in enumerate(events):
-        expected = {**_event("conv-a", seq), "received_at": f"2026-11-18T11:06:40.12345{6 + seq}Z"}
+        expected = {
+            **_event("conv-a", seq),
+            "received_at": f"2026-11-18T11:06:40.12345{6 + seq}Z",
+            # defaults of fields the writer left out
+            "source": "live",
+            "upstream_event_ref": None,
+        }
         expected["payload"] = {"_record": "UserTranscriptPayload", **expected["payload"][1]}
         assert line == {
             "_topic": f"{prefix}convai.monitor.events", "_partition": 0, "_offset": seq,
-            "_key": "conv-a", "_schema": "MonitorEvent", "_schema_id": 2_000_000_001,
+            "_key": "conv-a", "_schema": "MonitorEvent",
+            "_schema_id": Serde().registry.writer_id("MonitorEvent"),
             **expected,
         }  # fmt: skip
     [bad] = [x for x in lines if "_error" in x]
@@ -141,5 +148,5 @@ def test_tail_follows_until_ctrl_c(topics: tuple[str, str]) -> None:
 def test_unknown_topic_lists_the_known_ones() -> None:
     result = CliRunner().invoke(tail, ["convai.nope"])
     assert result.exit_code == 2
-    known = "known topics: convai.command-intents, convai.command-results"
+    known = "known topics: convai.alerts, convai.command-intents, convai.command-results"
     assert f"unknown topic 'convai.nope'; {known}" in result.output

@@ -23,6 +23,9 @@ convai.command-intents 6 delete
 convai.metrics.conversations 12 compact
 convai.metrics.agent-windows 6 delete
 convai.events.late 3 delete
+convai.alerts 6 delete
+convai.rules.state 12 compact
+convai.postcall 6 compact
 "
 
 while read -r name partitions policy; do

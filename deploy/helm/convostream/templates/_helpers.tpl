@@ -64,6 +64,11 @@ app.kubernetes.io/component: {{ .component }}
   "CONVOSTREAM_LOG_LEVEL" $values.logLevel
   "CONVOSTREAM_LOG_FORMAT" "json"
   "CONVOSTREAM_METRICS_PORT" (toString $values.metrics.port) }}
+{{- include "convostream.securityConfig" (dict "root" .root "config" $shared) }}
+{{- with .values }}
+{{- /* A graceful stop must end before the kubelet's SIGKILL. */}}
+{{- $_ := set $shared "CONVOSTREAM_SHUTDOWN_TIMEOUT" (toString (max 5 (sub (int .terminationGracePeriodSeconds) 5))) }}
+{{- end }}
 {{- $merged := merge (deepCopy .config) (deepCopy $values.config) $shared }}
 {{- range $key, $value := $merged }}
 {{- /* YAML numbers arrive as float64: keep whole ones as integers, not 1.34217728e+08. */}}
@@ -99,7 +104,7 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
-{{/* The metrics port, HTTP probes on /metrics and the security context of a container. */}}
+{{/* The operations port, its probes and the security context of a container. */}}
 {{- define "convostream.containerCommon" -}}
 image: {{ include "convostream.image" .root }}
 imagePullPolicy: {{ .root.Values.image.pullPolicy }}
@@ -107,14 +112,26 @@ ports:
   - name: metrics
     containerPort: {{ .root.Values.metrics.port }}
     protocol: TCP
+{{- /* More ports of a component (e.g. the webhook receiver's): pass "ports" (a list). */}}
+{{- with .ports }}
+{{- toYaml . | nindent 2 }}
+{{- end }}
+# /healthz: the event loop answers (restart if not); /readyz: broker reachable, partitions
+# assigned (and for processors tables recovered and SQL reachable). The startup probe gives a
+# component the time to wait for Kafka (CONVOSTREAM_STARTUP_TIMEOUT) before liveness counts.
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .root.Values.probes.startup | nindent 2 }}
 livenessProbe:
   httpGet:
-    path: /metrics
+    path: /healthz
     port: metrics
   {{- toYaml .root.Values.probes.liveness | nindent 2 }}
 readinessProbe:
   httpGet:
-    path: /metrics
+    path: /readyz
     port: metrics
   {{- toYaml .root.Values.probes.readiness | nindent 2 }}
 securityContext:
@@ -154,5 +171,105 @@ tolerations:
 {{- with .values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml .values.topologySpreadConstraints | nindent 2 }}
+{{- else if .root.Values.topologySpread.enabled }}
+# Replicas of a component on different nodes (and zones) where the cluster allows it.
+topologySpreadConstraints:
+  {{- range .root.Values.topologySpread.topologyKeys }}
+  - maxSkew: {{ $.root.Values.topologySpread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $.root.Values.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "convostream.selectorLabels" $ | nindent 8 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* extraEnv of every component then of this one; pass the component context. */}}
+{{- define "convostream.extraEnv" -}}
+{{- with concat .root.Values.extraEnv .values.extraEnv }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The Secrets of Kafka and Schema Registry security, mounted as files (never in a ConfigMap,
+never an environment variable): name, Secret, and which of its keys become which files. */}}
+{{- define "convostream.securitySecrets" -}}
+{{- $s := .Values.secrets }}
+{{- $out := list }}
+{{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) $s.kafkaSaslPassword.existingSecret }}
+{{- $out = append $out (dict "name" "kafka-sasl" "secret" $s.kafkaSaslPassword.existingSecret "items" (list (dict "key" $s.kafkaSaslPassword.key "path" "password"))) }}
+{{- end }}
+{{- if $s.kafkaTls.existingSecret }}
+{{- $items := list (dict "key" $s.kafkaTls.caKey "path" "ca.crt") }}
+{{- if $s.kafkaTls.certKey }}
+{{- $items = append $items (dict "key" $s.kafkaTls.certKey "path" "tls.crt") }}
+{{- $items = append $items (dict "key" $s.kafkaTls.keyKey "path" "tls.key") }}
+{{- end }}
+{{- $out = append $out (dict "name" "kafka-tls" "secret" $s.kafkaTls.existingSecret "items" $items) }}
+{{- end }}
+{{- if $s.schemaRegistryPassword.existingSecret }}
+{{- $out = append $out (dict "name" "registry-auth" "secret" $s.schemaRegistryPassword.existingSecret "items" (list (dict "key" $s.schemaRegistryPassword.key "path" "password"))) }}
+{{- end }}
+{{- if $s.schemaRegistryCa.existingSecret }}
+{{- $out = append $out (dict "name" "registry-tls" "secret" $s.schemaRegistryCa.existingSecret "items" (list (dict "key" $s.schemaRegistryCa.key "path" "ca.crt"))) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* Non-secret security settings: protocol, mechanism, user names and the mounted files' paths.
+Pass (dict "root" $ "config" dict-to-fill). */}}
+{{- define "convostream.securityConfig" -}}
+{{- $v := .root.Values }}
+{{- $c := .config }}
+{{- $dir := "/etc/convostream/secrets" }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SECURITY_PROTOCOL" $v.kafka.securityProtocol }}
+{{- if hasPrefix "SASL_" $v.kafka.securityProtocol }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SASL_MECHANISM" $v.kafka.sasl.mechanism }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SASL_USERNAME" $v.kafka.sasl.username }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SASL_PASSWORD_FILE" (printf "%s/kafka-sasl/password" $dir) }}
+{{- end }}
+{{- with $v.secrets.kafkaTls }}
+{{- if .existingSecret }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SSL_CA_FILE" (printf "%s/kafka-tls/ca.crt" $dir) }}
+{{- if .certKey }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SSL_CERT_FILE" (printf "%s/kafka-tls/tls.crt" $dir) }}
+{{- $_ := set $c "CONVOSTREAM_KAFKA_SSL_KEY_FILE" (printf "%s/kafka-tls/tls.key" $dir) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $v.schemaRegistryUsername }}
+{{- $_ := set $c "CONVOSTREAM_SCHEMA_REGISTRY_USERNAME" $v.schemaRegistryUsername }}
+{{- end }}
+{{- if $v.secrets.schemaRegistryPassword.existingSecret }}
+{{- $_ := set $c "CONVOSTREAM_SCHEMA_REGISTRY_PASSWORD_FILE" (printf "%s/registry-auth/password" $dir) }}
+{{- end }}
+{{- if $v.secrets.schemaRegistryCa.existingSecret }}
+{{- $_ := set $c "CONVOSTREAM_SCHEMA_REGISTRY_CA_FILE" (printf "%s/registry-tls/ca.crt" $dir) }}
+{{- end }}
+{{- end }}
+
+{{/* The security Secrets' mounts, extraVolumeMounts of every component, then of this one. */}}
+{{- define "convostream.extraVolumeMounts" -}}
+{{- $mounts := list }}
+{{- range include "convostream.securitySecrets" .root | fromJsonArray }}
+{{- $mounts = append $mounts (dict "name" .name "mountPath" (printf "/etc/convostream/secrets/%s" .name) "readOnly" true) }}
+{{- end }}
+{{- with concat $mounts .root.Values.extraVolumeMounts .values.extraVolumeMounts }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "convostream.extraVolumes" -}}
+{{- $volumes := list }}
+{{- range include "convostream.securitySecrets" .root | fromJsonArray }}
+{{- $volumes = append $volumes (dict "name" .name "secret" (dict "secretName" .secret "items" .items "defaultMode" 288)) }}
+{{- end }}
+{{- with concat $volumes .root.Values.extraVolumes .values.extraVolumes }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}

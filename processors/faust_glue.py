@@ -1,0 +1,180 @@
+"""Every private Faust and aiokafka internal the processor relies on, checked before use.
+
+The batch path (``processors.app``) reaches past Faust's public interface in four places:
+
+- ``Consumer._drain_messages`` is replaced by :func:`replace_drain`, which keeps Faust's
+  offset bookkeeping (``_read_offset``, ``_add_gap``, ``_unacked_messages``, ``ack``,
+  ``callback``, ``_stopped``, ``consumer_stopped_errors``) for the topics it does not batch;
+- ``faust.streams._current_event`` picks a table's partition (:func:`in_partition_of`);
+- aiokafka's ``Fetcher._fetch_max_wait_ms`` (reached through Faust's consumer thread) bounds
+  the long poll (:func:`shorten_fetch_wait`);
+- ``Table.key_serializer`` / ``value_serializer``, read when the store is created
+  (:func:`raw_table`).
+
+They hold for the versions below. :func:`check_versions` (at start-up) refuses others and each
+helper checks the attributes it touches, so a Faust or aiokafka upgrade fails loudly, naming
+the version and the attribute, instead of silently losing acks or partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextvars import ContextVar
+from importlib.metadata import version
+from typing import Any
+
+import faust
+import faust.streams
+
+# Tested together (pyproject.toml pins the same ranges).
+FAUST_VERSIONS = ("0.15.",)
+AIOKAFKA_VERSIONS = ("0.13.", "0.14.")
+
+_CONSUMER_ATTRIBUTES = (
+    "_drain_messages",
+    "_read_offset",
+    "_unacked_messages",
+    "_stopped",
+    "_add_gap",
+    "ack",
+    "callback",
+    "getmany",
+    "consumer_stopped_errors",
+)
+
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+
+class FaustGlueError(RuntimeError):
+    """An installed Faust or aiokafka lacks what the processor relies on."""
+
+
+def installed() -> str:
+    return f"faust-streaming {version('faust-streaming')}, aiokafka {version('aiokafka')}"
+
+
+def check_versions() -> None:
+    """Refuse versions whose internals were not checked against this module."""
+    faust_version, aiokafka_version = version("faust-streaming"), version("aiokafka")
+    if not faust_version.startswith(FAUST_VERSIONS) or not aiokafka_version.startswith(
+        AIOKAFKA_VERSIONS
+    ):
+        raise FaustGlueError(
+            f"{installed()} installed; the processor's Faust internals are known for "
+            f"faust-streaming {'/'.join(v + 'x' for v in FAUST_VERSIONS)} and aiokafka "
+            f"{'/'.join(v + 'x' for v in AIOKAFKA_VERSIONS)}"
+        )
+    if not isinstance(getattr(faust.streams, "_current_event", None), ContextVar):
+        raise FaustGlueError(f"{installed()}: faust.streams._current_event is not a ContextVar")
+
+
+def _require(owner: Any, names: Collection[str], what: str) -> None:
+    missing = [name for name in names if not hasattr(owner, name)]
+    if missing:
+        raise FaustGlueError(f"{installed()}: {what} has no {', '.join(missing)}")
+
+
+@contextlib.contextmanager
+def in_partition_of(event: Any) -> Iterator[None]:
+    """Make table reads and writes go to ``event``'s partition.
+
+    Faust picks a table's store and changelog partition from the *current* event, which inside
+    a batch is whichever event came last; each key's own event must be current instead.
+    """
+    current: ContextVar[Any] = faust.streams._current_event
+    token = current.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        current.reset(token)
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of bytes keys and values (tables otherwise JSON-encode anything not a Record)."""
+    table: Any = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+    _require(table, ("key_serializer", "value_serializer"), "Table")
+    table.key_serializer = table.value_serializer = "raw"  # read when the store is created
+    return table
+
+
+def shorten_fetch_wait(consumer: Any, wait_ms: int) -> None:
+    """Bound the long poll (Faust fixes ``fetch_max_wait_ms`` at 1,500).
+
+    Measured (bench/process.py, per-batch trace): with the embedded broker a poll that finds no
+    new data is answered only at its deadline, so at 5,000 events/s every second or so the
+    fetcher sat 0.3-0.6 s on an empty poll while events piled up, which set the SQL latency
+    tail. aiokafka reads the value per fetch request.
+    """
+    thread = getattr(consumer, "_thread", None)
+    fetcher: Any = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    _require(fetcher, ("_fetch_max_wait_ms",), "Consumer._thread._consumer._fetcher")
+    fetcher._fetch_max_wait_ms = wait_ms
+
+
+def replace_drain(
+    app: faust.App,
+    topics: Collection[str],
+    handle: BatchHandler,
+    *,
+    ready: asyncio.Event,
+    fetch_wait_ms: int,
+) -> None:
+    """Hand each ``getmany`` batch of ``topics`` to ``handle`` whole; other topics go through
+    Faust's per-message path.
+
+    Kept from Faust's loop: messages before the read offset (re-fetched after a seek) are
+    dropped, holes in the offsets (compaction, transaction markers) are recorded as gaps so
+    commits can pass them, and batch messages are tracked as unacked, so a rebalance or a
+    shutdown (``Consumer.wait_empty``) waits until the batch in flight is handled and acked
+    (tracking its last message is enough for that, and costs one WeakSet entry per batch).
+    A batch is acked only after ``handle`` returns. ``ready`` is awaited before the first batch
+    is handled, not before the loop: table recovery after a restart reads the changelogs
+    through this loop (the per-message path) and the services start after it.
+    """
+    consumer: Any = app.consumer  # Consumer internals, not on the ConsumerT interface
+    _require(consumer, _CONSUMER_ATTRIBUTES, type(consumer).__name__)
+    batched = frozenset(topics)
+
+    async def drain(fetcher: Any) -> None:
+        _require(fetcher, ("_stopped",), type(fetcher).__name__)
+        read_offsets = consumer._read_offset
+        unacked = consumer._unacked_messages
+        stopped = consumer._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        shorten_fetch_wait(consumer, fetch_wait_ms)
+        try:
+            while not (stopped() or fetcher_stopped()):
+                await asyncio.sleep(0)  # getmany may not yield to the loop on its own
+                batch = []
+                async for tp, message in consumer.getmany(timeout=1.0):
+                    offset = read_offsets[tp]
+                    if offset is not None:
+                        if message.offset < offset:
+                            continue  # re-fetched after a seek: already handed on
+                        if message.offset - offset > 1:
+                            await consumer._add_gap(tp, offset + 1, message.offset)
+                    read_offsets[tp] = message.offset
+                    if tp.topic in batched:
+                        batch.append(message)
+                    else:
+                        await consumer.callback(message)
+                if batch:
+                    await ready.wait()
+                    last = batch[-1]  # one tracked message keeps wait_empty waiting
+                    unacked.add(last)
+                    try:
+                        await handle(batch)
+                    except BaseException:  # stopped or failed: replayed from the last commit
+                        unacked.discard(last)
+                        raise
+                    ack = consumer.ack
+                    for message in batch:
+                        ack(message)
+        except consumer.consumer_stopped_errors:
+            if not app.should_stop:
+                raise
+
+    consumer._drain_messages = drain

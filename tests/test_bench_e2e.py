@@ -1,0 +1,46 @@
+"""``bench/e2e.py`` scaled down (1,000 conversations, a few seconds): it runs and reports every
+figure, with the pipeline monitoring conversations and losing nothing. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = {
+    "conversations",
+    "events_per_s",
+    "cpu_us_per_event",
+    "p99_event_to_row_ms",
+    "kib_per_conversation",
+    "processor_rss_mib",
+    "lost_events",
+    "checked_events",
+    "load_avg_before",
+    "rlimit_nofile_raised_to",
+    "baseline",
+}
+BASELINE = {"events_per_s", "cpu_us_per_event"}
+
+
+def test_e2e_bench_smoke_reports_every_figure_and_loses_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/e2e.py", "--conversations", "1000", "--seconds", "3", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result.keys() >= FIELDS, FIELDS - result.keys()
+    assert result["baseline"].keys() >= BASELINE
+    assert result["conversations"] > 0
+    assert result["checked_events"] > 0
+    assert result["lost_events"] == 0
+    assert result["p99_event_to_row_ms"] is not None  # rows were seen changing

@@ -1,0 +1,163 @@
+"""Failover on a real 3-broker KRaft cluster (replication 3, ``min.insync.replicas=2``).
+
+Three collectors, two processor workers and two command workers run against the simulator while
+commands are sent; mid-run one broker, one collector and one processor worker are SIGKILLed.
+Every generated frame must be in the events topic exactly once by ``event_key``, the SQL rows
+must equal an independent computation from the topics, and every command gets one result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from commands.client import CommandClient
+from convostream.broker import free_port
+from convostream.kafka_engine import KafkaBroker
+from schemas.topics import COMMAND_RESULTS, CONVERSATIONS, MONITOR_EVENTS
+from tests.cli_process import CliProcess
+from tests.collector_harness import (
+    CollectorProcess,
+    check_events,
+    collector_env,
+    ground_truth,
+    read_topic,
+)
+from tests.commands_rig import KEYS, write_policy
+from tests.conftest import KAFKA_TEST_PROPERTIES, running
+from tests.processor_harness import ProcessorProcess, expected_rows, processor_env, sqlite_rows
+from tests.test_commands_crash import worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_only, pytest.mark.cluster]
+
+KEY = "sim-key-" + uuid.uuid4().hex
+SIM = {
+    "reorder_ms": 300,
+    "disconnect_every": 8,
+    "events_per_second": 4,
+    "ramp_seconds": 2,
+    "conversations": 18,
+    "agents": 3,
+    "chat_ratio": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    broker = KafkaBroker(nodes=3, heap="-Xmx384m", properties=KAFKA_TEST_PROPERTIES)
+    with running(broker, timeout=240):
+        yield broker
+
+
+async def _send_commands(client: CommandClient, conversations: list[str]) -> list[dict[str, Any]]:
+    """One contextual update per conversation, a second apart, through the outages."""
+    results = []
+    for i, cid in enumerate(conversations):
+        results.append(
+            await client.send("contextual_update", cid, text=f"failover {i}", timeout=120)
+        )
+        await asyncio.sleep(1.0)
+    return results
+
+
+@pytest.mark.xfail(
+    reason="open defect: with a broker SIGKILLed (even alone) generated frames are missing from "
+    "the events topic with no gap record (45 of 1,382 with the broker alone: one of 18 "
+    "conversations no collector ever logged; 124 with all three kills); see README",
+    strict=False,
+)
+async def test_broker_collector_and_processor_killed_mid_run(
+    cluster: KafkaBroker, simulator_factory: Any, tmp_path: Path
+) -> None:
+    bootstrap = cluster.bootstrap
+    prefix = ""  # the catalogue the cluster fixture created, with three replicas
+    sim = await simulator_factory(
+        api_key=KEY, seed=17, ground_truth=tmp_path / "truth.jsonl", **SIM
+    )
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    collectors = [
+        CollectorProcess(f"c{i}", collector_env(bootstrap, sim.url, KEY, prefix, group), tmp_path)
+        for i in range(3)
+    ]
+    db = tmp_path / "metrics.db"
+    processors = [
+        ProcessorProcess(
+            processor_env(bootstrap, prefix, f"sqlite:///{db}", tmp_path / f"state-{i}"),
+            tmp_path,
+            name=f"processor{i}",
+        )
+        for i in range(2)
+    ]
+    policy = write_policy(tmp_path / "policy.json")
+    workers = [
+        CliProcess(
+            "command-worker",
+            {
+                **worker_env(bootstrap, prefix, sim.url, policy),
+                "CONVOSTREAM_COMMANDS_WORKER_ID": f"w{i}",
+                "CONVOSTREAM_API_KEY": KEY,
+                "CONVOSTREAM_METRICS_PORT": str(free_port()),
+            },
+            tmp_path,
+            name=f"worker{i}",
+        )
+        for i in range(2)
+    ]
+    everything: list[CliProcess] = [*processors, *workers, *collectors]
+    for process in everything:
+        process.start()
+    client = CommandClient(bootstrap, issuer="svc", key=KEYS["svc"], topic_prefix=prefix)
+    await client.start()
+    try:
+        await asyncio.sleep(8.0)
+        live = [c.conversation_id for c in sim.conversations if c.live]
+        sending = asyncio.create_task(_send_commands(client, live[:8]))
+        await asyncio.sleep(4.0)
+        cluster.node(1).kill()  # a broker, a collector and a processor worker vanish at once
+        collectors[0].kill()
+        processors[0].kill()
+        await asyncio.sleep(8.0)
+        collectors[0].start()
+        processors[0].start()
+        results = await sending
+        await sim.wait_finished(240)
+        await asyncio.sleep(3.0)
+        for collector in collectors:
+            assert collector.stop() == 0, collector.log_text()[-3000:]
+
+        events = await read_topic(bootstrap, MONITOR_EVENTS.full_name(prefix))
+        check = check_events(ground_truth(tmp_path / "truth.jsonl"), events)
+        assert check.missing == [], check.missing[:5]
+        assert check.mismatched_keys == 0
+        truth = ground_truth(tmp_path / "truth.jsonl")
+        assert len({r.value["event_key"] for r in events}) == len(truth)
+
+        lifecycle = [r.value for r in await read_topic(bootstrap, CONVERSATIONS.full_name(prefix))]
+        expected = expected_rows([r.value for r in events], lifecycle)
+        deadline = time.monotonic() + 180
+        actual = sqlite_rows(db)
+        while actual != expected and time.monotonic() < deadline:
+            await asyncio.sleep(2.0)
+            actual = sqlite_rows(db)
+        assert actual == expected
+
+        assert len(results) == 8
+        sent = {r["command_id"] for r in results}
+        answers = Counter(
+            r.value["command_id"]
+            for r in await read_topic(bootstrap, COMMAND_RESULTS.full_name(prefix))
+            if r.value["command_id"] in sent
+        )
+        assert answers == Counter(dict.fromkeys(sent, 1))
+        assert all(r["status"] in {"delivered", "failed", "rejected"} for r in results), results
+    finally:
+        await client.close()
+        for process in everything:
+            if process.alive():
+                process.stop()
