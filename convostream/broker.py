@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -32,9 +34,40 @@ log = get_logger(__name__)
 TOPICS_READY_TIMEOUT = 60.0  # seconds for created topics to get partition leaders
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free a moment ago, chosen *below* the OS's ephemeral range.
+
+    A port the OS hands out for ``bind(0)`` comes from the ephemeral range, which is also where
+    every outgoing connection takes its local port: between choosing a port and the server
+    binding it, a client socket of another component can take it and the server fails with
+    "address already in use". Ports below the range are never taken that way, and this process
+    never hands out the same one twice.
+    """
+    low, _ = _ephemeral_range()
+    floor = max(1024, low - 12000)
+    for _ in range(200):
+        port = random.randrange(floor, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: any port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -65,3 +65,24 @@ class CliProcess:
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def failure_text(self, tail: int = 3000) -> str:
+        """What an assertion should show: the exit code, every warning/error line and traceback
+        (the cause of a crash is usually far above the shutdown chatter), then the log's tail."""
+        lines = self.log_text().splitlines()
+        marked = [
+            line
+            for line in lines
+            if any(
+                m in line for m in ('"level": "error"', '"level": "critical"', '"level": "warning"')
+            )
+            or line.startswith(("Traceback", "  File ", "    "))
+            or "Error" in line
+        ]
+        code = None if self.proc is None else self.proc.poll()
+        return (
+            f"{self.name} exit code {code}\n--- errors and warnings ---\n"
+            + "\n".join(marked[-60:])
+            + "\n--- log tail ---\n"
+            + "\n".join(lines)[-tail:]
+        )

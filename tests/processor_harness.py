@@ -163,7 +163,7 @@ async def wait_for_rows(
     deadline = time.monotonic() + timeout
     actual = sqlite_rows(db)
     while actual != expected and time.monotonic() < deadline:
-        assert processor.alive(), processor.log_text()[-3000:]
+        assert processor.alive(), processor.failure_text()
         await asyncio.sleep(1.0)
         actual = sqlite_rows(db)
     return actual

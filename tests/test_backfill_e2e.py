@@ -66,7 +66,7 @@ async def _settled(port: int, count: int, proc: CliProcess) -> None:
     want = f"convostream_backfill_settled_conversations {float(count)}"
     async with aiohttp.ClientSession() as session, asyncio.timeout(60):
         while True:
-            assert proc.alive(), proc.log_text()[-3000:]
+            assert proc.alive(), proc.failure_text()
             try:
                 async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
                     if want in (await resp.text()).splitlines():
@@ -134,7 +134,7 @@ async def test_outage_is_repaired_from_transcripts(
         verdicts: dict[str, str] = {}
         deadline = time.monotonic() + 90
         while len(verdicts) < len(generated) and time.monotonic() < deadline:
-            assert webhooks.alive(), webhooks.log_text()[-3000:]
+            assert webhooks.alive(), webhooks.failure_text()
             await asyncio.sleep(1.0)
             lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
             verdicts = {r.value["conversation_id"]: r.value["verdict"] for r in lifecycle
@@ -148,7 +148,7 @@ async def test_outage_is_repaired_from_transcripts(
         actual: dict[str, dict[str, int]] = {}
         deadline = time.monotonic() + 90
         while actual != expected and time.monotonic() < deadline:
-            assert processor.alive(), processor.log_text()[-3000:]
+            assert processor.alive(), processor.failure_text()
             await asyncio.sleep(1.0)
             rows = sqlite_rows(db)
             actual = {cid: {m: rows[cid][m] for m in TURN_TYPES.values()}

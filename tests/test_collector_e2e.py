@@ -40,7 +40,7 @@ async def _drain(sim: Any, collectors: list[CollectorProcess], timeout: float = 
     await sim.wait_finished(timeout)
     await asyncio.sleep(2.0)
     for collector in collectors:
-        assert collector.stop() == 0, collector.log_text()[-3000:]
+        assert collector.stop() == 0, collector.failure_text()
 
 
 def _unreported(missing: list[tuple[str, str]], lifecycle: list[Record]) -> list[str]:
@@ -89,7 +89,7 @@ async def _started(collector: CollectorProcess, timeout: float = 120) -> None:
     """Until the collector says it joined its group (start-up takes seconds on a busy machine)."""
     async with asyncio.timeout(timeout):
         while '"collector started"' not in collector.log_text():
-            assert collector.alive(), collector.log_text()[-3000:]
+            assert collector.alive(), collector.failure_text()
             await asyncio.sleep(0.1)
 
 

@@ -53,12 +53,12 @@ async def until(proc: CliProcess, port: int, path: str, status: int) -> dict[str
     deadline = time.monotonic() + 60
     last: tuple[int, dict[str, Any]] = (0, {})
     while time.monotonic() < deadline:
-        assert proc.alive(), proc.log_text()[-3000:]
+        assert proc.alive(), proc.failure_text()
         last = await asyncio.to_thread(probe, port, path)
         if last[0] == status:
             return last[1]
         await asyncio.sleep(0.3)
-    raise AssertionError(f"{path} never answered {status}; last {last}\n{proc.log_text()[-3000:]}")
+    raise AssertionError(f"{path} never answered {status}; last {last}\n{proc.failure_text()}")
 
 
 async def follow_broker(proc: CliProcess, port: int, proxy: Any) -> None:
@@ -96,7 +96,7 @@ async def test_collector_health_and_stop_with_the_broker_gone(
         # With the broker gone the hand-over cannot be flushed: the stop is bounded by
         # CONVOSTREAM_SHUTDOWN_TIMEOUT (exit 4) and CliProcess.stop fails if it hangs instead.
         code = collector.stop()
-    assert code in (0, EXIT_STOP_TIMEOUT), collector.log_text()[-3000:]
+    assert code in (0, EXIT_STOP_TIMEOUT), collector.failure_text()
     assert "Traceback" not in collector.log_text()
     await proxy.restore()
 
@@ -123,7 +123,7 @@ async def follow_broker_and_stop(
         await follow_broker(proc, port, proxy)
     finally:
         code = proc.stop()
-    assert code == 0, proc.log_text()[-3000:]
+    assert code == 0, proc.failure_text()
 
 
 async def test_command_worker_health(proxied_broker: Any, tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ async def test_processor_health(proxied_broker: Any, tmp_path: Path) -> None:
         # Faust may not finish draining after a broker outage (README, exit codes): the stop
         # is bounded by CONVOSTREAM_SHUTDOWN_TIMEOUT, and CliProcess.stop fails on a hang.
         code = proc.stop()
-    assert code in (0, EXIT_STOP_TIMEOUT), proc.log_text()[-3000:]
+    assert code in (0, EXIT_STOP_TIMEOUT), proc.failure_text()
 
 
 async def test_processor_drains_on_sigterm(kafka_broker: Any, tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ async def test_processor_drains_on_sigterm(kafka_broker: Any, tmp_path: Path) ->
     proc = await processor(kafka_broker.bootstrap, tmp_path, port)
     proc.start()
     await until(proc, port, "/readyz", 200)
-    assert proc.stop() == 0, proc.log_text()[-3000:]
+    assert proc.stop() == 0, proc.failure_text()
     log = proc.log_text()
     # Graceful: the streams were waited for and every service stopped before the loop closed.
     for step in ("Signal received", "Wait for streams", "Closing event loop"):
@@ -233,9 +233,9 @@ async def test_sigterm_while_the_broker_was_never_reachable(command: str, tmp_pa
     else:
         deadline = time.monotonic() + 60
         while "dependency unreachable; retrying" not in proc.log_text():
-            assert time.monotonic() < deadline, proc.log_text()[-3000:]
+            assert time.monotonic() < deadline, proc.failure_text()
             await asyncio.sleep(0.3)
-    assert proc.stop() == 0, proc.log_text()[-3000:]
+    assert proc.stop() == 0, proc.failure_text()
     assert "stopped while waiting for a dependency" in proc.log_text()
 
 

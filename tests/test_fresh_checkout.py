@@ -59,8 +59,8 @@ async def test_command_starts_in_an_empty_directory(
     try:
         started = await _metrics_answer(port, proc.proc, 90.0)
         await asyncio.sleep(3.0)  # past start-up: still running
-        assert started, proc.log_text()[-3000:]
-        assert proc.alive(), proc.log_text()[-3000:]
+        assert started, proc.failure_text()
+        assert proc.alive(), proc.failure_text()
     finally:
         code = proc.stop()
-    assert code == 0, proc.log_text()[-3000:]
+    assert code == 0, proc.failure_text()

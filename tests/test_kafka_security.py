@@ -115,9 +115,9 @@ async def test_collector_to_sql_over_sasl_ssl(
     try:
         await sim.wait_finished(180)
         await asyncio.sleep(2.0)
-        assert collector.stop() == 0, collector.log_text()[-3000:]
+        assert collector.stop() == 0, collector.failure_text()
         expected, _ = await expected_from_topics(secure_kafka.bootstrap, prefix)
-        assert len(expected) >= SIM["conversations"], collector.log_text()[-3000:]
+        assert len(expected) >= SIM["conversations"], collector.failure_text()
         actual = await wait_for_rows(db, expected, processor)
         assert actual == expected
     finally:

@@ -60,13 +60,13 @@ async def _run_pipeline(
     try:
         if kill_after is not None:
             await asyncio.sleep(kill_after)
-            assert processor.alive(), processor.log_text()[-3000:]
+            assert processor.alive(), processor.failure_text()
             processor.kill()
             await asyncio.sleep(1.0)
             processor.start()
         await sim.wait_finished(180)
         await asyncio.sleep(2.0)
-        assert collector.stop() == 0, collector.log_text()[-3000:]
+        assert collector.stop() == 0, collector.failure_text()
         expected, _ = await expected_from_topics(kafka_broker.bootstrap, prefix)
         assert (
             len(expected) >= SIM["conversations"] // 2
@@ -139,7 +139,7 @@ async def test_sql_rows_equal_independent_computation(
         assert counted == total
         assert all(w.value["final"] for w in windows)
     finally:
-        assert processor.stop() == 0, processor.log_text()[-3000:]
+        assert processor.stop() == 0, processor.failure_text()
 
 
 async def test_sigkilled_processor_resumes_with_identical_rows(
@@ -217,20 +217,20 @@ async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
     try:
         await asyncio.sleep(8.0)
         killed = runs["killed"]
-        assert killed.alive(), killed.log_text()[-3000:]
+        assert killed.alive(), killed.failure_text()
         killed.kill()
         await asyncio.sleep(DOWNTIME)
         killed.start()
         await sim.wait_finished(180)
         await asyncio.sleep(2.0)
-        assert collector.stop() == 0, collector.log_text()[-3000:]
+        assert collector.stop() == 0, collector.failure_text()
         expected, _ = await expected_from_topics(kafka_broker.bootstrap, prefix)
         total = sum(r["events_total"] for r in expected.values() if r["agent_id"] is not None)
         deadline = time.monotonic() + 150
         done = dict.fromkeys(runs, False)
         while not all(done.values()) and time.monotonic() < deadline:
             for name, run in runs.items():
-                assert run.alive(), run.log_text()[-3000:]
+                assert run.alive(), run.failure_text()
                 db = tmp_path / f"{name}.db"
                 done[name] = sqlite_rows(db) == expected and _windows_done(
                     sqlite_windows(db), total

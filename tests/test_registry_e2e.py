@@ -77,8 +77,8 @@ async def _registered(url: str, prefix: str, collector: CollectorProcess) -> Ser
         try:
             return await open_serde(url, CATALOGUE, prefix, lookup_only=True)
         except RegistryError:
-            assert time.monotonic() < deadline, collector.log_text()[-3000:]
-            assert collector.alive(), collector.log_text()[-3000:]
+            assert time.monotonic() < deadline, collector.failure_text()
+            assert collector.alive(), collector.failure_text()
             await asyncio.sleep(0.5)
 
 
@@ -162,13 +162,13 @@ async def test_pipeline_in_registry_mode(
             )
             assert out, err[-3000:]
             result = json.loads(out.strip().splitlines()[-1])
-            assert (code, result["status"]) == (0, "delivered"), (result, worker.log_text()[-3000:])
+            assert (code, result["status"]) == (0, "delivered"), (result, worker.failure_text())
         log = commands_log(tmp_path / "commands.jsonl")
         received = [json.loads(r["frame"])["command_type"] for r in log]
         assert sorted(received) == sorted(args[0] for _, args in SIX)
 
         await asyncio.sleep(3.0)  # some more events after the commands
-        assert collector.stop() == 0, collector.log_text()[-3000:]
+        assert collector.stop() == 0, collector.failure_text()
         expected, raw = await expected_from_topics(kafka_broker.bootstrap, prefix, serde)
         assert raw, "the collector published nothing"
         assert all(0 < int.from_bytes(value[1:5], "big") < PINNED_ID_BASE for value in raw)
@@ -187,8 +187,8 @@ async def test_pipeline_in_registry_mode(
             alerts = await read_topic(kafka_broker.bootstrap, ALERTS.full_name(prefix), serde)
             if {a.value["conversation_id"] for a in alerts} >= set(expected):
                 break
-            assert time.monotonic() < deadline, rules.log_text()[-3000:]
-            assert rules.alive(), rules.log_text()[-3000:]
+            assert time.monotonic() < deadline, rules.failure_text()
+            assert rules.alive(), rules.failure_text()
             await asyncio.sleep(1.0)
         assert all(0 < int.from_bytes(a.raw[1:5], "big") < PINNED_ID_BASE for a in alerts)
         assert len({a.value["alert_id"] for a in alerts}) == len(alerts)  # once per conversation

@@ -63,7 +63,7 @@ async def _until(predicate: Any, timeout: float, what: str) -> None:
 async def _ready(engine: RulesProcess, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert engine.alive(), engine.log_text()[-3000:]
+        assert engine.alive(), engine.failure_text()
         try:
             status, _ = await _get(engine.metrics_port, "/readyz")
         except aiohttp.ClientError:
@@ -71,7 +71,7 @@ async def _ready(engine: RulesProcess, timeout: float = 60) -> None:
         if status == 200:
             return
         await asyncio.sleep(0.3)
-    raise AssertionError("rules engine not ready: " + engine.log_text()[-3000:])
+    raise AssertionError("rules engine not ready: " + engine.failure_text())
 
 
 async def test_every_escalation_gets_exactly_one_takeover_or_transfer(
@@ -124,7 +124,7 @@ async def test_every_escalation_gets_exactly_one_takeover_or_transfer(
             )
             await asyncio.sleep(3.0)  # a late duplicate would show up now
             got = received_types(commands_log(rig_.log))
-            assert got == dict.fromkeys(want, 1), engines[0].log_text()[-2000:]
+            assert got == dict.fromkeys(want, 1), engines[0].failure_text(2000)
 
             status, text = await _get(engines[1].metrics_port, "/metrics")
             assert status == 200

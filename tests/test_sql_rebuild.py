@@ -40,12 +40,12 @@ async def processed(bootstrap: str, prefix: str, tmp_path: Path, app_id: str) ->
         deadline = time.monotonic() + 120
         rows: dict[str, Any] = {}
         while sum(r["events_total"] for r in rows.values()) < EVENTS:
-            assert time.monotonic() < deadline, proc.log_text()[-3000:]
-            assert proc.alive(), proc.log_text()[-3000:]
+            assert time.monotonic() < deadline, proc.failure_text()
+            assert proc.alive(), proc.failure_text()
             await asyncio.sleep(1.0)
             rows = sqlite_rows(db)
     finally:
-        assert proc.stop() == 0, proc.log_text()[-3000:]
+        assert proc.stop() == 0, proc.failure_text()
     return rows
 
 
