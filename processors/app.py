@@ -28,7 +28,10 @@ and stream per message) costs more than all of the metric work, so the hot topic
    knows which partition it writes to. A restarted or lagging worker thus holds idle closing
    back until it has caught up instead of turning its backlog into late events.
 
-Both stages ack a batch only after every write of it is done, so a committed offset always
+Each stage is a fold without I/O (:mod:`processors.stages`) from the batch and the states it
+touches to a :class:`~processors.plans.Plan`; this module reads the batch, loads the states
+and hands the plan to :func:`processors.plans.apply` (outputs, then table writes, then
+metrics). Both stages ack a batch only after its plan is applied, so a committed offset always
 lies behind state that is in the changelog.
 States are idempotent (re-applying events changes nothing; re-forwarded events are dropped by
 source offset), so replaying what came after the last commit is harmless: at-least-once
@@ -60,6 +63,7 @@ from processors.events import (
     CORRECTION,
     INTERRUPTION,
     TOOL_RESPONSE,
+    Event,
     HeadReader,
     from_record,
 )
@@ -67,10 +71,34 @@ from processors.faust_glue import check_versions, raw_table, replace_drain
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
 from processors.metrics import ProcessorMetrics
+from processors.plans import (
+    AGENTS_TABLE,
+    CONVERSATION_METRICS,
+    CONVERSATIONS_TABLE,
+    FORWARD,
+    LATE,
+    WINDOW_METRICS,
+    MetricUpdates,
+    Send,
+    Write,
+    apply,
+)
 from processors.settings import ProcessorSettings
 from processors.sink import Sink
-from processors.windows import AgentWindows, Outcome, SourceProgress, WindowConfig, WindowEvent
+from processors.stages import (
+    AgentBatch,
+    Ended,
+    SourceRecord,
+    Tick,
+    WindowStates,
+    conversation_stage,
+    index_key,
+    progress_key,
+    window_stage,
+)
+from processors.windows import AgentWindows, SourceProgress, WindowConfig
 from schemas.clock import now_micros
+from schemas.records import AgentWindowMetrics, ConversationMetrics
 from schemas.registry import registry_from_settings
 from schemas.serde import Serde, SerdeError, UnknownSchemaId
 from schemas.topics import (
@@ -93,16 +121,6 @@ _RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
-
-
-def _index_key(partition: int) -> bytes:
-    """Reserved table key of a partition's agent list (agent ids never start with NUL)."""
-    return b"\x00agents:%d" % partition
-
-
-def _progress_key(partition: int) -> bytes:
-    """Reserved table key of a partition's :class:`SourceProgress`."""
-    return b"\x00progress:%d" % partition
 
 
 def _replication(settings: ProcessorSettings) -> dict[str, Any]:
@@ -160,16 +178,6 @@ class _Source:
 
     def __init__(self, message: Any) -> None:
         self.message = message
-
-
-class _Conversation:
-    """A cached state and the event that tells its partition."""
-
-    __slots__ = ("event", "state")
-
-    def __init__(self, state: ConversationState, event: Any) -> None:
-        self.state = state
-        self.event = event
 
 
 class SinkService(Service):
@@ -267,8 +275,15 @@ class Processor:
         self.late_topic = app.topic(EVENTS_LATE.full_name(prefix), **_RAW)
         self.conversations = raw_table(app, "conversations", MONITOR_EVENTS.partitions)
         self.agents = raw_table(app, "agent-windows", FORWARD_PARTITIONS)
-        self._conv_cache: dict[str, _Conversation] = {}
-        self._agent_cache: dict[str, tuple[AgentWindows, Any]] = {}
+        self._topics = {
+            FORWARD: self.forward_topic,
+            CONVERSATION_METRICS: self.metrics_topic,
+            WINDOW_METRICS: self.windows_topic,
+            LATE: self.late_topic,
+        }
+        self._tables = {CONVERSATIONS_TABLE: self.conversations, AGENTS_TABLE: self.agents}
+        self._conv_cache: dict[str, ConversationState] = {}
+        self._agent_cache: dict[str, AgentWindows] = {}
         self._agent_index: dict[int, set[str]] = {}
         self._progress: dict[int, SourceProgress] = {}
         self._forwarded: dict[Any, int] = {}  # source partition -> last offset handed on
@@ -342,32 +357,29 @@ class Processor:
             forwarded[message.tp] = message.offset
         self.metrics.batch_seconds.labels("conversations").observe(time.perf_counter() - started)
 
-    def _conversation(self, cid: str, event: Any) -> _Conversation:
-        entry = self._conv_cache.get(cid)
-        if entry is None:
+    def _conversation(self, cid: str, event: Any) -> ConversationState:
+        state = self._conv_cache.get(cid)
+        if state is None:
             if len(self._conv_cache) >= _CACHE_LIMIT:
                 self._conv_cache.clear()
             with _in_partition_of(event):
                 stored = self.conversations.get(cid.encode())
             state = ConversationState.from_bytes(stored) if stored else ConversationState(cid)
-            entry = self._conv_cache[cid] = _Conversation(state, event)
-        else:
-            entry.event = event
-        return entry
+            self._conv_cache[cid] = state
+        return state
 
     async def _conversation_batch(self, batch: list[Any]) -> None:
+        """Read the batch and the states it touches, fold it, apply the plan."""
         decode = self.serde.decode
-        touched: dict[str, _Conversation] = {}
-        forwards: dict[tuple[str, int], list[forward.Forwarded]] = defaultdict(list)
-        new_by_type: dict[str, int] = defaultdict(int)
-        agent_counts: dict[tuple[str, str], int] = defaultdict(int)
+        records: list[SourceRecord] = []
+        states: dict[str, ConversationState] = {}
+        routes: dict[int, _Source] = {}  # table partition -> a message of it
         head = self._head.read
         for message in batch:
             self._lag[message.tp] = message.offset
-            source = _Source(message)
             value = message.value
-            event = head(value)  # most events: their leading fields are enough
-            if event is None:
+            item: Event | Ended | None = head(value)  # most events: their leading fields
+            if item is None:
                 try:
                     try:
                         name, record, schema_id = decode(value)
@@ -379,98 +391,54 @@ class Processor:
                 if name == "MonitorEvent":
                     if self.serde.is_current(schema_id, name):
                         self._head.learn(schema_id)
-                    event = from_record(record)
+                    item = from_record(record)
                 elif name == "ConversationLifecycle" and record["state"] == "ended":
-                    cid = record["conversation_id"]
-                    entry = touched[cid] = self._conversation(cid, source)
-                    entry.state.end(record["agent_id"])
-            if event is not None:
-                entry = touched[event.conversation_id] = self._conversation(
-                    event.conversation_id, source
-                )
-                if not entry.state.apply(event):
+                    item = Ended(record["conversation_id"], record["agent_id"])
+                else:
                     continue
-                new_by_type[event.type] += 1
-                if event.agent_id is not None:
-                    if event.type in (INTERRUPTION, CORRECTION) or event.is_error:
-                        agent_counts[(event.agent_id, event.type)] += 1
-                    forwards[(event.agent_id, message.partition)].append(
-                        (
-                            WindowEvent(
-                                message.partition,
-                                message.offset,
-                                event.conversation_id,
-                                event.type,
-                                event.received_at,
-                                event.is_error,
-                            ),
-                            value,
-                        )
-                    )
-        if not touched:
+            cid = item.conversation_id
+            source = routes[message.partition] = _Source(message)
+            if cid not in states:
+                states[cid] = self._conversation(cid, source)
+            records.append(SourceRecord(message.partition, message.offset, value, item))
+        plan = conversation_stage(records, states, now_micros(), self.serde.encode)
+        if plan is None:
             return
-        # 1. outputs, all at once (one producer round trip, SQL alongside): forwarded first-seen
-        #    events, the SQL upserts and the compacted metrics topic. They must be stored before
-        #    the states below, which mark the events seen (a crash in between only re-sends
-        #    and re-upserts the same values: the receivers and the SQL guards are idempotent).
-        now = now_micros()
-        records = []
-        for entry in touched.values():
-            if not entry.state.times:  # only a lifecycle record so far: nothing to report
-                continue
-            latencies = entry.state.latencies()
-            records.append(entry.state.metrics(now, latencies))
-            self._observe(entry, latencies)
-        sql = asyncio.ensure_future(self.sink_service.sink.write(records, []))
-        try:
-            forward_send, metrics_send = self.forward_topic.send, self.metrics_topic.send
-            sent = [
-                await forward_send(
-                    key=agent.encode(), value=forward.encode(agent, part, now, items)
-                )
-                for (agent, part), items in forwards.items()
-            ]
-            encode = self.serde.encode
-            sent += [
-                await metrics_send(
-                    key=r["conversation_id"].encode(), value=encode("ConversationMetrics", r)
-                )
-                for r in records
-            ]
-            await asyncio.gather(*sent)
-        finally:
-            await sql
-        # 2. one table write per touched conversation
-        for cid, entry in touched.items():
-            with _in_partition_of(entry.event):
-                self.conversations[cid.encode()] = entry.state.to_bytes()
-        self._count(new_by_type, agent_counts)
+        await apply(plan, _BatchSinks(self, routes))
+        for cid, state in states.items():
+            if state.ended:  # stays in the table
+                self._conv_cache.pop(cid, None)
         self._update_lag()
 
-    def _observe(self, entry: _Conversation, latencies: dict[int, int]) -> None:
-        state = entry.state
-        agent = state.agent_id or "unknown"
-        histogram = self.metrics.response_latency.labels(agent)
-        for micros in state.unobserved(latencies):
-            histogram.observe(micros / 1e6)
-        live = self._live[agent]
-        if state.ended:
-            live.discard(state.conversation_id)
-            self._conv_cache.pop(state.conversation_id, None)  # stays in the table
-        else:
-            live.add(state.conversation_id)
-        self.metrics.live_conversations.labels(agent).set(len(live))
-
-    def _count(self, by_type: dict[str, int], by_agent: dict[tuple[str, str], int]) -> None:
-        for etype, n in by_type.items():
-            self.metrics.events.labels(etype).inc(n)
+    def _update_metrics(self, updates: MetricUpdates) -> None:
+        """The last step of a plan (:func:`processors.plans.apply`)."""
+        m = self.metrics
+        for etype, n in updates.events.items():
+            m.events.labels(etype).inc(n)
         counters = {
-            INTERRUPTION: self.metrics.interruptions,
-            CORRECTION: self.metrics.corrections,
-            TOOL_RESPONSE: self.metrics.tool_errors,
+            INTERRUPTION: m.interruptions,
+            CORRECTION: m.corrections,
+            TOOL_RESPONSE: m.tool_errors,
         }
-        for (agent, etype), n in by_agent.items():
+        for (agent, etype), n in updates.agent_events.items():
             counters[etype].labels(agent).inc(n)
+        for agent, seconds in updates.latencies:
+            m.response_latency.labels(agent).observe(seconds)
+        for agent, cid, ended in updates.live:
+            live = self._live[agent]
+            if ended:
+                live.discard(cid)
+            else:
+                live.add(cid)
+            m.live_conversations.labels(agent).set(len(live))
+        for agent, lag in updates.window_lag.items():
+            m.window_lag.labels(agent).set(lag)
+        for closed_by in updates.windows_emitted:
+            m.windows_emitted.labels(closed_by).inc()
+        for agent, n in updates.late.items():
+            m.late_events.labels(agent).inc(n)
+        for agent, n in updates.clamped.items():
+            m.clamped_events.labels(agent).inc(n)
 
     def _update_lag(self) -> None:
         consumer = self.app.consumer
@@ -531,14 +499,12 @@ class Processor:
             )
 
     def _agent(self, agent_id: str, event: Any) -> AgentWindows:
-        cached = self._agent_cache.get(agent_id)
-        if cached is not None:
-            self._agent_cache[agent_id] = (cached[0], event)
-            return cached[0]
-        with _in_partition_of(event):
-            stored = self.agents.get(agent_id.encode())
-        state = AgentWindows.from_bytes(stored) if stored else AgentWindows(agent_id)
-        self._agent_cache[agent_id] = (state, event)
+        state = self._agent_cache.get(agent_id)
+        if state is None:
+            with _in_partition_of(event):
+                stored = self.agents.get(agent_id.encode())
+            state = AgentWindows.from_bytes(stored) if stored else AgentWindows(agent_id)
+            self._agent_cache[agent_id] = state
         return state
 
     def _index(self, partition: int, event: Any) -> set[str]:
@@ -546,7 +512,7 @@ class Processor:
         index = self._agent_index.get(partition)
         if index is None:
             with _in_partition_of(event):
-                stored = self.agents.get(_index_key(partition))
+                stored = self.agents.get(index_key(partition))
             index = self._agent_index[partition] = set(orjson.loads(stored)) if stored else set()
         return index
 
@@ -554,118 +520,74 @@ class Processor:
         progress = self._progress.get(partition)
         if progress is None:
             with _in_partition_of(event):
-                stored = self.agents.get(_progress_key(partition))
+                stored = self.agents.get(progress_key(partition))
             progress = SourceProgress.from_bytes(stored) if stored else SourceProgress()
             self._progress[partition] = progress
         return progress
 
     async def _window_batch(self, batch: list[Any]) -> None:
-        config = self.window_config
-        changed: dict[str, AgentWindows] = {}  # agents whose state moved: only they are written
-        late: list[tuple[str, str, bytes]] = []
-        clamped: dict[str, int] = defaultdict(int)
-        lagging: set[str] = set()  # agents whose window lag gauge a tick refreshes
-        index_changed: dict[int, Any] = {}
-        progress_changed: dict[int, Any] = {}
+        """Read the batch and the states it touches (a tick: every agent of its partition),
+        fold it, apply the plan."""
+        items: list[Tick | AgentBatch] = []
+        agents: dict[str, AgentWindows] = {}
+        index: dict[int, set[str]] = {}
+        progress: dict[int, SourceProgress] = {}
+        routes: dict[int, Any] = {}  # table partition -> an event of it
         for fe in batch:
             message = fe.message
-            index = self._index(message.partition, fe)
-            if message.key is None:  # a tick: every agent of this partition, by the progress
-                report = forward.decode_tick(message.value or b"")
-                progress = self._source_progress(message.partition, fe)
-                low = progress.report(*report) if report is not None else None
-                if low is None:
-                    continue
-                progress_changed[message.partition] = fe
-                for agent_id in index:
-                    state = self._agent(agent_id, fe)
-                    if state.tick(low, config):
-                        changed[agent_id] = state
-                    lagging.add(agent_id)
+            partition = message.partition
+            routes[partition] = fe
+            members = index[partition] = self._index(partition, fe)
+            if message.key is None:
+                progress[partition] = self._source_progress(partition, fe)
+                for agent_id in members:
+                    agents[agent_id] = self._agent(agent_id, fe)
+                items.append(Tick(partition, forward.decode_tick(message.value or b"")))
                 continue
-            agent_id, sent_at, items = forward.decode(message.value)
-            state = self._agent(agent_id, fe)
-            if agent_id not in index:
-                index.add(agent_id)
-                index_changed[message.partition] = fe
-            for event, value in items:
-                bounded = config.clamp(event, sent_at)
-                if bounded is not event:
-                    clamped[agent_id] += 1
-                outcome = state.accept(bounded, config)
-                if outcome is Outcome.DUPLICATE:
-                    continue
-                changed[agent_id] = state
-                if outcome is Outcome.LATE:
-                    late.append((agent_id, event.conversation_id, value))
-        now = now_micros()
-        for agent_id in lagging | changed.keys():
-            event_time = self._agent_cache[agent_id][0].event_time
-            if event_time is not None:
-                self.metrics.window_lag.labels(agent_id).set((now - event_time) / 1e6)
-        if changed:
-            await self._emit_windows(changed, late, clamped)
-        # state after outputs: a crash in between replays the ticks, which close the same windows
-        for partition, fe in index_changed.items():
-            with _in_partition_of(fe):
-                self.agents[_index_key(partition)] = orjson.dumps(
-                    sorted(self._agent_index[partition])
-                )
-        for partition, fe in progress_changed.items():
-            with _in_partition_of(fe):
-                self.agents[_progress_key(partition)] = self._progress[partition].to_bytes()
-
-    async def _emit_windows(
-        self,
-        changed: dict[str, AgentWindows],
-        late: list[tuple[str, str, bytes]],
-        clamped: dict[str, int],
-    ) -> None:
-        """Windows made final and late events to their topics, open and final windows to SQL,
-        then the agents' states."""
-        config = self.window_config
-        records = []  # for SQL: open windows, newly final ones, final ones with late events
-        finals = []  # for the topic: newly final windows only, as they were when they closed
-        for agent_id, state in changed.items():
-            final = state.take_final(config)
-            finals += final
-            records += final
-            for start, window in state.windows.items():
-                if not window.final or window.late:
-                    records.append(
-                        window.record(agent_id, start, config.size, state.event_time or 0)
-                    )
-            for record in final:
-                self.metrics.windows_emitted.labels(record["closed_by"]).inc()
-        # outputs first, then state: a crash in between re-emits the same windows, byte for byte
-        sent = [await self.late_topic.send(key=cid.encode(), value=value) for _, cid, value in late]
-        sent += [
-            await self.windows_topic.send(
-                key=f"{r['agent_id']}@{r['window_start']}".encode(),
-                value=self.serde.encode("AgentWindowMetrics", r),
-            )
-            for r in finals
-        ]
-        await asyncio.gather(*sent)
-        await self.sink_service.sink.write([], records)
-        for agent_id, _, _ in late:
-            self.metrics.late_events.labels(agent_id).inc()
-        for agent_id, n in clamped.items():
-            self.metrics.clamped_events.labels(agent_id).inc(n)
-        for agent_id, state in changed.items():
-            with _in_partition_of(self._agent_cache[agent_id][1]):
-                self.agents[agent_id.encode()] = state.to_bytes()
+            agent_id, sent_at, events = forward.decode(message.value)
+            agents[agent_id] = self._agent(agent_id, fe)
+            items.append(AgentBatch(partition, agent_id, sent_at, events))
+        states = WindowStates(agents, index, progress)
+        plan = window_stage(items, states, self.window_config, now_micros(), self.serde.encode)
+        await apply(plan, _BatchSinks(self, routes))
 
     # --- lookups -----------------------------------------------------------------------------
 
     def _lookup(self, web: Any, conversation_id: str) -> Any:
         """GET /conversations/{id}/: current metrics of one conversation (this worker's)."""
-        entry = self._conv_cache.get(conversation_id)
-        if entry is not None:
-            state = entry.state
-        else:
+        state = self._conv_cache.get(conversation_id)
+        if state is None:
             stored = self.conversations.get(conversation_id.encode())
             if not stored:
                 return web.json({"error": "unknown conversation"}, status=404)
             state = ConversationState.from_bytes(stored)
         return web.json(state.metrics(now_micros()))
+
+
+class _BatchSinks:
+    """Where a batch's plan goes: the worker's topics, SQL store, tables and metrics. Table
+    writes go to the partition of a message of the batch (``routes``): Faust takes a table's
+    partition from the current event."""
+
+    __slots__ = ("processor", "routes")
+
+    def __init__(self, processor: Processor, routes: dict[int, Any]) -> None:
+        self.processor = processor
+        self.routes = routes
+
+    async def send(self, send: Send) -> Awaitable[object]:
+        topic = self.processor._topics[send.topic]
+        ack: Awaitable[object] = await topic.send(key=send.key, value=send.value)
+        return ack
+
+    async def write_sql(
+        self, conversations: list[ConversationMetrics], windows: list[AgentWindowMetrics]
+    ) -> None:
+        await self.processor.sink_service.sink.write(conversations, windows)
+
+    def write_table(self, write: Write) -> None:
+        with _in_partition_of(self.routes[write.partition]):
+            self.processor._tables[write.table][write.key] = write.value
+
+    def update_metrics(self, updates: MetricUpdates) -> None:
+        self.processor._update_metrics(updates)

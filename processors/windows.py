@@ -39,11 +39,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
 
 import orjson
 
 from processors.events import AGENT_RESPONSE, INTERRUPTION, TOOL_RESPONSE, USER_TRANSCRIPT
+from schemas.records import AgentWindowMetrics
+
+ClosedBy = Literal["event_time", "idle"]
 
 
 class Outcome(Enum):
@@ -100,7 +103,7 @@ class Window:
     tool_errors: int = 0
     late: int = 0
     final: bool = False
-    closed_by: str | None = None
+    closed_by: ClosedBy | None = None
     emitted_at: int | None = None
 
     def add(self, event: WindowEvent) -> None:
@@ -109,7 +112,7 @@ class Window:
         if event.is_error and event.type == TOOL_RESPONSE:
             self.tool_errors += 1
 
-    def record(self, agent_id: str, start: int, size: int, now: int) -> dict[str, Any]:
+    def record(self, agent_id: str, start: int, size: int, now: int) -> AgentWindowMetrics:
         """The ``AgentWindowMetrics`` record (``emitted_at`` fixed once final, else ``now``)."""
         get = self.by_type.get
         return {
@@ -140,7 +143,7 @@ class AgentWindows:
     closed_until: int | None = None
     last_offsets: dict[int, int] = field(default_factory=dict)
     windows: dict[int, Window] = field(default_factory=dict)
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[AgentWindowMetrics] = field(default_factory=list)
 
     def accept(self, event: WindowEvent, config: WindowConfig) -> Outcome:
         """Count ``event`` in its window, or say it is late or a re-forwarded copy; then close
@@ -183,7 +186,7 @@ class AgentWindows:
             closed = True
         return closed
 
-    def take_final(self, config: WindowConfig) -> list[dict[str, Any]]:
+    def take_final(self, config: WindowConfig) -> list[AgentWindowMetrics]:
         """Records of the windows made final since the last call (each window exactly once);
         drops final windows older than the retention."""
         final, self.pending = self.pending, []
