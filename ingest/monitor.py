@@ -11,7 +11,10 @@ or 1008 otherwise asks REST, and the conversation has ended when its status left
 ``in-progress``. A 1008 while REST still says in progress (bad key, no monitoring rights, an
 upstream limit) is not an end: frames are being missed, so it is a gap and an alarm (an error
 log and ``convostream_collector_monitor_refused_total``), and the monitor keeps retrying with
-back-off while the conversation is live. Anything else reconnects the same way.
+back-off while the conversation is live. A handshake refused for good (an
+:class:`~upstream.rest.UpstreamError` that is not ``retriable``: 401, 403, 404) is treated like
+a 1008. Anything else (a retriable failure, another close) reconnects the same way, asking REST
+after :data:`CHECK_AFTER_FAILURES` failed connections in a row.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
 from convostream.logs import get_logger
 from ingest.discovery import ENDED, INITIATED, RestClient
@@ -36,7 +39,8 @@ from ingest.publisher import Outgoing, Publisher
 from ingest.replay import Gap, ReplayFilter
 from schemas.serde import Serde
 from upstream.backoff import Backoff
-from upstream.websocket import open_monitor
+from upstream.rest import UpstreamError
+from upstream.websocket import open_monitor, opened
 
 log = get_logger("ingest.monitor")
 
@@ -165,31 +169,35 @@ class Monitor:
             code: int | None = None
             reason = ""
             frames = 0
+            refused = False
             try:
-                async with open_monitor(
-                    ctx.ws_base,
-                    self.conversation_id,
-                    ctx.api_key,
-                    open_timeout=ctx.connect_timeout,
-                    ping_interval=ctx.ping_interval or None,
-                    close_timeout=2,
-                    max_queue=8,
-                    max_size=4 * ctx.max_frame_bytes,
+                async with opened(
+                    open_monitor(
+                        ctx.ws_base,
+                        self.conversation_id,
+                        ctx.api_key,
+                        open_timeout=ctx.connect_timeout,
+                        ping_interval=ctx.ping_interval or None,
+                        close_timeout=2,
+                        max_queue=8,
+                        max_size=4 * ctx.max_frame_bytes,
+                    )
                 ) as ws:
                     if not announced:
                         ctx.lifecycle(self._record("monitoring", None))
                         announced = True
                     frames = await self._read(ws)
                     code, reason = ws.close_code, ws.close_reason or ""
-            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-                reason = type(exc).__name__
+            except UpstreamError as exc:
+                reason = str(exc)
+                refused = not exc.retriable
             if frames:
                 backoff.reset()
                 failures = 0
                 self._refusing = False
             else:
                 failures += 1
-            ending = await self._ending(code, reason, failures)
+            ending = await self._ending(code, reason, failures, refused or code == 1008)
             if ending is not None:
                 self._on_end(self, ending)
                 return
@@ -296,11 +304,14 @@ class Monitor:
             status=status,
         )
 
-    async def _ending(self, code: int | None, reason: str, failures: int) -> Ending | None:
-        """Whether the conversation is over after a close (asks REST when in doubt)."""
+    async def _ending(
+        self, code: int | None, reason: str, failures: int, refused: bool
+    ) -> Ending | None:
+        """Whether the conversation is over after a close or a failed connect (asks REST when
+        in doubt). ``refused``: a close 1008 or a handshake refused for good."""
         if code == 1000 and self._end_call:
             return Ending("end_call", None, "closed 1000 after end_call")
-        if code not in (1000, 1008) and failures < CHECK_AFTER_FAILURES:
+        if code != 1000 and not refused and failures < CHECK_AFTER_FAILURES:
             return None
         try:
             status = await self.ctx.rest.status(self.conversation_id)
@@ -310,13 +321,13 @@ class Monitor:
             # without a close 1000 the upstream may have had frames still to send: say so
             how = "status" if code == 1000 else "ended_while_disconnected"
             return Ending(how, status, f"closed {code} {reason}".strip())
-        if code == 1008 and status != INITIATED:  # "initiated": not started yet, just retry
+        if refused and status != INITIATED:  # "initiated": not started yet, just retry
             self._refused(reason, status)
         return None
 
     def _refused(self, reason: str, status: str) -> None:
-        """A 1008 while REST does not say the conversation is over (in progress, or REST
-        refuses too: a bad key): a gap and an alarm, once per refusal streak."""
+        """A 1008 or a refused handshake while REST does not say the conversation is over (in
+        progress, or REST refuses too: a bad key): a gap and an alarm, once per refusal streak."""
         self.ctx.metrics.refused.inc()
         if self._refusing:
             return

@@ -11,10 +11,11 @@ broker, queues at most one batch per partition and re-queues a failed batch at t
 partition. With ``enable_idempotence`` batches never expire on retriable errors (a broker
 outage), so they are retried in order until the broker is back, and the sequence numbers let
 the broker drop a retried batch it had already written. A ``send_batch()`` that times out
-(a partition's previous batch still queued while the broker is away) appended nothing, so its
-records go back to the front of the FIFO. Anything else (a fatal producer error) restarts the
-producer and re-sends every unacknowledged record, in order: duplicates are then possible, with
-the same ``event_key``.
+(a partition's previous batch still queued while the broker is away) or fails with an error
+aiokafka marks ``retriable`` appended nothing, so its records go back to the front of the FIFO
+(:func:`offer_again`). Anything else (a fatal producer error, or a batch whose delivery failed)
+restarts the producer and re-sends every unacknowledged record, in order: duplicates are then
+possible, with the same ``event_key``.
 
 Why batches of our own: ``send()`` costs a coroutine, a partition lookup, a future and a
 ``RecordMetadata`` per record, and the futures of records waiting for their acknowledgement are
@@ -54,6 +55,17 @@ class Outgoing:
     value: bytes
     born: float
     acked: bool = False  # set once the broker acknowledged it
+
+
+def offer_again(exc: KafkaError) -> bool:
+    """Whether the same producer may take a batch that ``send_batch`` raised ``exc`` for.
+
+    A timeout (the partition's previous batch still queued while the broker is away) and
+    errors aiokafka marks ``retriable`` (metadata not yet known, a connection lost) pass with
+    time; anything else is fatal for the producer. aiokafka leaves ``retriable`` false on
+    ``KafkaTimeoutError``, hence its own test.
+    """
+    return isinstance(exc, KafkaTimeoutError) or exc.retriable
 
 
 # topic, partition, the batch, and its records in FIFO order
@@ -189,11 +201,10 @@ class Publisher:
                         sent += 1
                         if not self._sent.is_set():
                             self._sent.set()
-                except KafkaTimeoutError:  # nothing was appended: offer the rest again
+                except KafkaError as exc:  # this batch was not appended: offer the rest again
                     self._put_back(batches[sent:])
-                except KafkaError as exc:
-                    self._put_back(batches[sent:])
-                    await self._recover(exc)
+                    if not offer_again(exc):
+                        await self._recover(exc)
 
     def _take(self, producer: AIOKafkaProducer) -> list[_Batch]:
         """Up to DRAIN_RECORDS records off the FIFO, packed into batches in FIFO order."""

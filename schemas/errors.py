@@ -8,7 +8,9 @@
     ├── EncodeError                                           a record that does not fit
     └── RegistryError          retriable when unreachable, timed out, 408, 429 or 5xx
 
-The upstream's counterpart is ``upstream.rest.UpstreamError``, with the same flag.
+The schema registry client retries what is retriable (look-ups while reading: until the
+registry answers). The upstream's counterpart is ``upstream.rest.UpstreamError``, with the same
+flag (its tree is in ``upstream``'s docstring); Kafka's is aiokafka's ``KafkaError.retriable``.
 """
 
 from __future__ import annotations

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import random
 
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    ProducerFenced,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.ownership import Ledger, partition_for
+from ingest.publisher import offer_again
 from ingest.replay import DIGEST_SIZE, ReplayFilter, Verdict, frame_digest
 from upstream.backoff import Backoff, retry_after
 
@@ -145,3 +153,11 @@ def test_retry_after_reads_seconds_and_dates() -> None:
     assert retry_after("Thu, 01 Jan 1970 00:00:05 GMT", 0.0, 10.0) == 5.0
     assert retry_after("soon", 0.0, 10.0) is None
     assert retry_after(None, 0.0, 10.0) is None
+
+
+def test_the_publisher_offers_a_batch_again_only_after_errors_that_pass() -> None:
+    assert offer_again(KafkaTimeoutError())  # retriable is False on it in aiokafka
+    assert offer_again(UnknownTopicOrPartitionError())  # metadata not yet known
+    assert offer_again(KafkaConnectionError())
+    assert not offer_again(ProducerFenced())
+    assert not offer_again(AuthenticationFailedError())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from ingest.discovery import RestClient
@@ -147,3 +149,45 @@ async def test_paused_monitor_hands_on_nothing_not_even_a_held_replay_burst(
     finally:
         await monitor.stop()
         await ctx.rest.close()
+
+
+async def test_a_handshake_refused_for_good_asks_rest_at_once_and_is_an_alarm() -> None:
+    """A 403 on the monitor handshake is not retriable: each one asks REST right away (not
+    after several failures), and while REST says in progress it is a gap, like a 1008."""
+    statuses = ["in-progress", "done"]
+    handshakes: list[str] = []
+
+    async def monitor(request: web.Request) -> web.Response:
+        handshakes.append(request.match_info["cid"])
+        return web.Response(status=403)
+
+    async def conversation(request: web.Request) -> web.Response:
+        return web.json_response({"status": statuses.pop(0)})
+
+    app = web.Application()
+    app.router.add_get("/v1/convai/conversations/{cid}/monitor", monitor)
+    app.router.add_get("/v1/convai/conversations/{cid}", conversation)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    lifecycle: list[dict[str, Any]] = []
+    metrics = Metrics()
+    ctx = _context(SimpleNamespace(url=url, ws_url=url), API_KEY, metrics, lifecycle)
+    ended: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
+    refused = Monitor(ctx, "c1", None, None, lambda _m, e: ended.set_result(e))
+    refused.start()
+    try:
+        ending = await asyncio.wait_for(ended, 20)
+    finally:
+        await refused.stop()
+        await ctx.rest.close()
+        await runner.cleanup()
+    assert handshakes == ["c1", "c1"]
+    assert (ending.how, ending.status) == ("ended_while_disconnected", "done")
+    assert "HTTP 403" in ending.detail
+    [gap] = [r for r in lifecycle if r["state"] == "gap"]
+    assert "refused" in gap["detail"]
+    assert "HTTP 403" in gap["detail"]
+    assert metrics.refused._value.get() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from aiohttp import web
 from upstream.conversations import ConversationApi
 from upstream.rest import RetryPolicy, UpstreamClient, UpstreamError
 from upstream.urls import conversation_path, monitor_url
+from upstream.websocket import open_monitor, opened
 
 KEY = "sk-upstream-test-key"
 
@@ -117,3 +119,26 @@ async def test_lookup_maps_statuses(server: Callable[..., Awaitable[Server]]) ->
         assert not caught.value.retriable
     finally:
         await api.close()
+
+
+async def test_monitor_handshakes_refused_for_good_are_not_retriable(
+    server: Callable[..., Awaitable[Server]],
+) -> None:
+    srv = await server((403, {}, ""), (404, {}, ""), (503, {}, ""))
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    verdicts = []
+    for base in (srv.url, srv.url, srv.url, unreachable):
+        with pytest.raises(UpstreamError) as caught:
+            async with opened(
+                open_monitor(base, "c1", KEY, open_timeout=5, ping_interval=None, max_queue=None)
+            ):
+                pass
+        verdicts.append((str(caught.value), caught.value.retriable))
+    assert verdicts == [
+        ("monitor handshake answered HTTP 403", False),
+        ("monitor handshake answered HTTP 404", False),
+        ("monitor handshake answered HTTP 503", True),
+        ("ConnectionRefusedError", True),
+    ]

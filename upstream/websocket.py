@@ -2,16 +2,24 @@
 
 No compression (frames are small JSON, and deflate costs CPU per socket); the key travels only
 in the ``xi-api-key`` header. Pings are answered within one interval or the socket is dropped.
+:func:`opened` turns a failed connect into an :class:`~upstream.rest.UpstreamError`,
+so that callers decide by its ``retriable`` flag instead of by websockets' exception classes.
 """
 
 from __future__ import annotations
 
-from websockets.asyncio.client import connect
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from upstream.rest import UpstreamError
 from upstream.urls import monitor_url
 
 DEFAULT_MAX_SIZE = 2**20  # websockets' own default frame limit
 DEFAULT_CLOSE_TIMEOUT = 10.0  # websockets' own default
+REFUSED = frozenset({401, 403, 404})  # handshake answers that another try will not change
 
 
 def open_monitor(
@@ -38,3 +46,27 @@ def open_monitor(
         max_size=max_size,
         compression=None,
     )
+
+
+@asynccontextmanager
+async def opened(connecting: connect) -> AsyncIterator[ClientConnection]:
+    """``async with opened(open_monitor(...)) as ws``: the socket, or an :class:`UpstreamError`
+    when it cannot be opened or fails while open: not retriable for a refused handshake (401,
+    403, 404) or a malformed URL, retriable for anything else (unreachable, timed out, busy,
+    unavailable, broken)."""
+    try:
+        ws = await connecting
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise UpstreamError(
+            f"monitor handshake answered HTTP {status}", retriable=status not in REFUSED
+        ) from exc
+    except InvalidURI as exc:
+        raise UpstreamError(type(exc).__name__, retriable=False) from exc
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        raise UpstreamError(type(exc).__name__, retriable=True) from exc
+    async with ws:
+        try:
+            yield ws
+        except (OSError, TimeoutError) as exc:  # the connection failed while open
+            raise UpstreamError(type(exc).__name__, retriable=True) from exc
