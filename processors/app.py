@@ -57,7 +57,7 @@ from convostream.broker import create_missing
 from convostream.cluster import default_replication_sync
 from convostream.kafka_security import KafkaSecurity
 from convostream.logs import get_logger
-from processors import forward
+from processors import forward, plans, stages
 from processors.conversation import ConversationState
 from processors.events import (
     CORRECTION,
@@ -71,31 +71,8 @@ from processors.faust_glue import check_versions, raw_table, replace_drain
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
 from processors.metrics import ProcessorMetrics
-from processors.plans import (
-    AGENTS_TABLE,
-    CONVERSATION_METRICS,
-    CONVERSATIONS_TABLE,
-    FORWARD,
-    LATE,
-    WINDOW_METRICS,
-    MetricUpdates,
-    Send,
-    Write,
-    apply,
-)
 from processors.settings import ProcessorSettings
 from processors.sink import Sink
-from processors.stages import (
-    AgentBatch,
-    Ended,
-    SourceRecord,
-    Tick,
-    WindowStates,
-    conversation_stage,
-    index_key,
-    progress_key,
-    window_stage,
-)
 from processors.windows import AgentWindows, SourceProgress, WindowConfig
 from schemas.clock import now_micros
 from schemas.records import AgentWindowMetrics, ConversationMetrics
@@ -276,12 +253,15 @@ class Processor:
         self.conversations = raw_table(app, "conversations", MONITOR_EVENTS.partitions)
         self.agents = raw_table(app, "agent-windows", FORWARD_PARTITIONS)
         self._topics = {
-            FORWARD: self.forward_topic,
-            CONVERSATION_METRICS: self.metrics_topic,
-            WINDOW_METRICS: self.windows_topic,
-            LATE: self.late_topic,
+            plans.FORWARD: self.forward_topic,
+            plans.CONVERSATION_METRICS: self.metrics_topic,
+            plans.WINDOW_METRICS: self.windows_topic,
+            plans.LATE: self.late_topic,
         }
-        self._tables = {CONVERSATIONS_TABLE: self.conversations, AGENTS_TABLE: self.agents}
+        self._tables = {
+            plans.CONVERSATIONS_TABLE: self.conversations,
+            plans.AGENTS_TABLE: self.agents,
+        }
         self._conv_cache: dict[str, ConversationState] = {}
         self._agent_cache: dict[str, AgentWindows] = {}
         self._agent_index: dict[int, set[str]] = {}
@@ -371,14 +351,14 @@ class Processor:
     async def _conversation_batch(self, batch: list[Any]) -> None:
         """Read the batch and the states it touches, fold it, apply the plan."""
         decode = self.serde.decode
-        records: list[SourceRecord] = []
+        records: list[stages.SourceRecord] = []
         states: dict[str, ConversationState] = {}
         routes: dict[int, _Source] = {}  # table partition -> a message of it
         head = self._head.read
         for message in batch:
             self._lag[message.tp] = message.offset
             value = message.value
-            item: Event | Ended | None = head(value)  # most events: their leading fields
+            item: Event | stages.Ended | None = head(value)  # most events: their leading fields
             if item is None:
                 try:
                     try:
@@ -393,24 +373,24 @@ class Processor:
                         self._head.learn(schema_id)
                     item = from_record(record)
                 elif name == "ConversationLifecycle" and record["state"] == "ended":
-                    item = Ended(record["conversation_id"], record["agent_id"])
+                    item = stages.Ended(record["conversation_id"], record["agent_id"])
                 else:
                     continue
             cid = item.conversation_id
             source = routes[message.partition] = _Source(message)
             if cid not in states:
                 states[cid] = self._conversation(cid, source)
-            records.append(SourceRecord(message.partition, message.offset, value, item))
-        plan = conversation_stage(records, states, now_micros(), self.serde.encode)
+            records.append(stages.SourceRecord(message.partition, message.offset, value, item))
+        plan = stages.conversation_stage(records, states, now_micros(), self.serde.encode)
         if plan is None:
             return
-        await apply(plan, _BatchSinks(self, routes))
+        await plans.apply(plan, _BatchSinks(self, routes))
         for cid, state in states.items():
             if state.ended:  # stays in the table
                 self._conv_cache.pop(cid, None)
         self._update_lag()
 
-    def _update_metrics(self, updates: MetricUpdates) -> None:
+    def _update_metrics(self, updates: plans.MetricUpdates) -> None:
         """The last step of a plan (:func:`processors.plans.apply`)."""
         m = self.metrics
         for etype, n in updates.events.items():
@@ -512,7 +492,7 @@ class Processor:
         index = self._agent_index.get(partition)
         if index is None:
             with _in_partition_of(event):
-                stored = self.agents.get(index_key(partition))
+                stored = self.agents.get(stages.index_key(partition))
             index = self._agent_index[partition] = set(orjson.loads(stored)) if stored else set()
         return index
 
@@ -520,7 +500,7 @@ class Processor:
         progress = self._progress.get(partition)
         if progress is None:
             with _in_partition_of(event):
-                stored = self.agents.get(progress_key(partition))
+                stored = self.agents.get(stages.progress_key(partition))
             progress = SourceProgress.from_bytes(stored) if stored else SourceProgress()
             self._progress[partition] = progress
         return progress
@@ -528,7 +508,7 @@ class Processor:
     async def _window_batch(self, batch: list[Any]) -> None:
         """Read the batch and the states it touches (a tick: every agent of its partition),
         fold it, apply the plan."""
-        items: list[Tick | AgentBatch] = []
+        items: list[stages.Tick | stages.AgentBatch] = []
         agents: dict[str, AgentWindows] = {}
         index: dict[int, set[str]] = {}
         progress: dict[int, SourceProgress] = {}
@@ -542,14 +522,16 @@ class Processor:
                 progress[partition] = self._source_progress(partition, fe)
                 for agent_id in members:
                     agents[agent_id] = self._agent(agent_id, fe)
-                items.append(Tick(partition, forward.decode_tick(message.value or b"")))
+                items.append(stages.Tick(partition, forward.decode_tick(message.value or b"")))
                 continue
             agent_id, sent_at, events = forward.decode(message.value)
             agents[agent_id] = self._agent(agent_id, fe)
-            items.append(AgentBatch(partition, agent_id, sent_at, events))
-        states = WindowStates(agents, index, progress)
-        plan = window_stage(items, states, self.window_config, now_micros(), self.serde.encode)
-        await apply(plan, _BatchSinks(self, routes))
+            items.append(stages.AgentBatch(partition, agent_id, sent_at, events))
+        states = stages.WindowStates(agents, index, progress)
+        plan = stages.window_stage(
+            items, states, self.window_config, now_micros(), self.serde.encode
+        )
+        await plans.apply(plan, _BatchSinks(self, routes))
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -575,7 +557,7 @@ class _BatchSinks:
         self.processor = processor
         self.routes = routes
 
-    async def send(self, send: Send) -> Awaitable[object]:
+    async def send(self, send: plans.Send) -> Awaitable[object]:
         topic = self.processor._topics[send.topic]
         ack: Awaitable[object] = await topic.send(key=send.key, value=send.value)
         return ack
@@ -585,9 +567,9 @@ class _BatchSinks:
     ) -> None:
         await self.processor.sink_service.sink.write(conversations, windows)
 
-    def write_table(self, write: Write) -> None:
+    def write_table(self, write: plans.Write) -> None:
         with _in_partition_of(self.routes[write.partition]):
             self.processor._tables[write.table][write.key] = write.value
 
-    def update_metrics(self, updates: MetricUpdates) -> None:
+    def update_metrics(self, updates: plans.MetricUpdates) -> None:
         self.processor._update_metrics(updates)

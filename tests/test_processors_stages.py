@@ -7,22 +7,10 @@ from collections.abc import Awaitable
 
 import pytest
 
-from processors import forward
+from processors import forward, plans
 from processors.conversation import ConversationState
 from processors.events import Event
-from processors.plans import (
-    AGENTS_TABLE,
-    CONVERSATION_METRICS,
-    CONVERSATIONS_TABLE,
-    FORWARD,
-    LATE,
-    WINDOW_METRICS,
-    MetricUpdates,
-    Plan,
-    Send,
-    Write,
-    apply,
-)
+from processors.plans import MetricUpdates, Plan, Send, Write, apply
 from processors.stages import (
     AgentBatch,
     Ended,
@@ -66,12 +54,12 @@ def test_conversation_stage_plans_forwards_metrics_and_one_write_per_conversatio
     states = _fresh(["c1", "c2", "c3"])
     plan = conversation_stage(_source_batch(), states, NOW, SERDE.encode)
     assert plan is not None
-    forwards = [s for s in plan.sends if s.topic == FORWARD]
+    forwards = [s for s in plan.sends if s.topic == plans.FORWARD]
     assert [s.key for s in forwards] == [b"agent-a"]  # c2 has no agent, c3 only ended
     agent, sent_at, items = forward.decode(forwards[0].value)
     assert (agent, sent_at) == ("agent-a", NOW)
     assert [(e.offset, value) for e, value in items] == [(10, b"e1"), (11, b"e2")]  # no copy
-    emitted = [s for s in plan.sends if s.topic == CONVERSATION_METRICS]
+    emitted = [s for s in plan.sends if s.topic == plans.CONVERSATION_METRICS]
     assert [s.key for s in emitted] == [b"c1", b"c2"]  # c3: a lifecycle record only
     decoded = SERDE.decode(emitted[0].value)[1]
     assert decoded["events_total"] == 2
@@ -79,9 +67,9 @@ def test_conversation_stage_plans_forwards_metrics_and_one_write_per_conversatio
     assert plan.sql_conversations == [states["c1"].metrics(NOW), states["c2"].metrics(NOW)]
     assert plan.sql_alongside
     assert [(w.table, w.partition, w.key) for w in plan.writes] == [
-        (CONVERSATIONS_TABLE, 0, b"c1"),
-        (CONVERSATIONS_TABLE, 1, b"c2"),
-        (CONVERSATIONS_TABLE, 2, b"c3"),
+        (plans.CONVERSATIONS_TABLE, 0, b"c1"),
+        (plans.CONVERSATIONS_TABLE, 1, b"c2"),
+        (plans.CONVERSATIONS_TABLE, 2, b"c3"),
     ]
     assert ConversationState.from_bytes(plan.writes[2].value).ended
     assert plan.metrics.events == {"user_transcript": 2, "interruption": 1}
@@ -108,7 +96,7 @@ def test_replayed_conversation_batch_sends_the_same_outputs_until_its_states_are
     stored = {w.key.decode(): ConversationState.from_bytes(w.value) for w in first.writes}
     after = conversation_stage(_source_batch(), stored, NOW, SERDE.encode)
     assert after is not None
-    assert [s for s in after.sends if s.topic == FORWARD] == []
+    assert [s for s in after.sends if s.topic == plans.FORWARD] == []
     assert after.metrics.events == {}
     assert after.metrics.latencies == []
 
@@ -137,16 +125,16 @@ def test_window_stage_closes_idle_windows_by_tick_and_writes_state_after() -> No
         Tick(4, (1, {0: idle_past})),
     ]
     plan = window_stage(items, states, CONFIG, idle_past, SERDE.encode)
-    [final] = [s for s in plan.sends if s.topic == WINDOW_METRICS]
+    [final] = [s for s in plan.sends if s.topic == plans.WINDOW_METRICS]
     assert final.key == f"agent-a@{START}".encode()
     record = SERDE.decode(final.value)[1]
     assert (record["events_total"], record["closed_by"], record["final"]) == (2, "idle", True)
     assert [r["window_start"] for r in plan.sql_windows] == [START]
     assert not plan.sql_alongside
     assert [(w.table, w.partition, w.key) for w in plan.writes] == [
-        (AGENTS_TABLE, 4, b"agent-a"),
-        (AGENTS_TABLE, 4, index_key(4)),
-        (AGENTS_TABLE, 4, progress_key(4)),
+        (plans.AGENTS_TABLE, 4, b"agent-a"),
+        (plans.AGENTS_TABLE, 4, index_key(4)),
+        (plans.AGENTS_TABLE, 4, progress_key(4)),
     ]
     assert AgentWindows.from_bytes(plan.writes[0].value).closed_until == START + CONFIG.size
     assert plan.metrics.windows_emitted == ["idle"]
@@ -165,7 +153,9 @@ def test_window_stage_routes_late_events_and_counts_clamped_ones() -> None:
     plan = window_stage(
         [AgentBatch(4, "agent-a", later, [late, future])], states, CONFIG, later, SERDE.encode
     )
-    assert [s for s in plan.sends if s.topic == LATE] == [Send(LATE, b"c9", b"late-bytes")]
+    assert [s for s in plan.sends if s.topic == plans.LATE] == [
+        Send(plans.LATE, b"c9", b"late-bytes")
+    ]
     assert plan.metrics.late == {"agent-a": 1}
     assert plan.metrics.clamped == {"agent-a": 1}
     assert [w.key for w in plan.writes] == [b"agent-a"]  # index already holds the agent
@@ -212,9 +202,9 @@ class RecordingSinks:
 
 def _plan(alongside: bool) -> Plan:
     return Plan(
-        sends=[Send(FORWARD, b"a", b"1"), Send(LATE, b"b", b"2")],
+        sends=[Send(plans.FORWARD, b"a", b"1"), Send(plans.LATE, b"b", b"2")],
         sql_alongside=alongside,
-        writes=[Write(AGENTS_TABLE, 0, b"x", b"1"), Write(AGENTS_TABLE, 0, b"y", b"2")],
+        writes=[Write(plans.AGENTS_TABLE, 0, b"x", b"1"), Write(plans.AGENTS_TABLE, 0, b"y", b"2")],
     )
 
 
