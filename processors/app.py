@@ -386,7 +386,7 @@ class Processor:
             return
         await plans.apply(plan, _BatchSinks(self, routes))
         for cid, state in states.items():
-            if state.ended:  # stays in the table
+            if state.ended and state.times:  # reported as ended: it stays in the table
                 self._conv_cache.pop(cid, None)
         self._update_lag()
 
