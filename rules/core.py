@@ -42,7 +42,7 @@ from schemas.event_types import AGENT_RESPONSE, USER_TRANSCRIPT
 from schemas.records import RuleState
 
 
-class Event(NamedTuple):
+class RuleEvent(NamedTuple):
     """The fields of a MonitorEvent that rules look at; ``received_at`` in epoch microseconds."""
 
     event_key: str
@@ -78,7 +78,7 @@ def fire_id(rule: str, conversation_id: str) -> str:
 
 
 @dataclass
-class ConversationState:
+class ConversationRules:
     agent_id: str | None = None
     chat: bool | None = None
     fired: set[str] = field(default_factory=set)
@@ -109,7 +109,7 @@ class ConversationState:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> ConversationState:
+    def from_record(cls, record: Mapping[str, Any]) -> ConversationRules:
         state = cls(record.get("agent_id"), record.get("chat"), set(record.get("fired", ())))
         for match in record.get("matches", ()):
             state.matches.setdefault(match["rule"], {})[match["event_key"]] = match["received_at"]
@@ -175,7 +175,7 @@ class Evaluator:
     """Rule state of the conversations one engine owns."""
 
     def __init__(self, rules: Iterable[Rule]) -> None:
-        self.states: dict[str, ConversationState] = {}
+        self.states: dict[str, ConversationRules] = {}
         self.dirty: set[str] = set()
         self.deadlines: dict[str, int] = {}  # conversation -> when a silence may fire
         self.replace_rules(rules)
@@ -191,14 +191,14 @@ class Evaluator:
         self.by_type = {k: tuple(v) for k, v in by_type.items()}
         self.timed = tuple(r for r in self.rules if r.kind != "count")
 
-    def observe(self, event: Event) -> Evaluation:
+    def observe(self, event: RuleEvent) -> Evaluation:
         """Evaluate one event; returns the rules it matched and the fires it caused."""
         conversation = event.conversation_id
         state = self.states.get(conversation)
         moved = False
         if self.timed:
             if state is None:
-                state = self.states[conversation] = ConversationState(event.agent_id)
+                state = self.states[conversation] = ConversationRules(event.agent_id)
             if state.horizon is None or event.received_at > state.horizon:
                 state.horizon = event.received_at
                 moved = True
@@ -219,7 +219,7 @@ class Evaluator:
             if rule.errors_only and not _is_error(event.raw):
                 continue
             if state is None:
-                state = self.states[conversation] = ConversationState(event.agent_id)
+                state = self.states[conversation] = ConversationRules(event.agent_id)
             if _channel_ok(rule, state.chat) is False:
                 continue
             keys = state.matches.setdefault(rule.name, {})
@@ -243,10 +243,10 @@ class Evaluator:
             fires += self._timed(conversation, event, None)
         return Evaluation(matched, fires)
 
-    def _timed_pending(self, state: ConversationState) -> bool:
+    def _timed_pending(self, state: ConversationRules) -> bool:
         return any(r.name not in state.fired and r.name not in state.matches for r in self.timed)
 
-    def _timed(self, conversation: str, event: Event | None, clock: int | None) -> list[Fire]:
+    def _timed(self, conversation: str, event: RuleEvent | None, clock: int | None) -> list[Fire]:
         """Check the silence and latency rules of a conversation whose turns or time moved."""
         state = self.states[conversation]
         fires: list[Fire] = []
@@ -297,7 +297,7 @@ class Evaluator:
     def _try_fire(
         self,
         conversation: str,
-        state: ConversationState,
+        state: ConversationRules,
         rule: Rule,
         event_key: str,
         backfill: bool = False,
@@ -324,7 +324,7 @@ class Evaluator:
 
     def set_channel(self, conversation: str, chat: bool) -> list[Fire]:
         """The channel became known: drop matches of rules for the other one, fire the rest."""
-        state = self.states.setdefault(conversation, ConversationState())
+        state = self.states.setdefault(conversation, ConversationRules())
         if state.chat is not None:
             return []
         state.chat = chat
@@ -351,7 +351,7 @@ class Evaluator:
         return dirty
 
     def restore(self, conversation: str, record: Mapping[str, Any]) -> None:
-        state = self.states[conversation] = ConversationState.from_record(record)
+        state = self.states[conversation] = ConversationRules.from_record(record)
         if state.turns and self.timed:
             self.deadlines[conversation] = 0  # the next expire() checks it against the clock
 

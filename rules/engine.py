@@ -43,8 +43,8 @@ from convostream.logs import get_logger
 from convostream.ops import Health
 from convostream.topic_reader import read_to_end
 from rules.actions import alert_record, command_record
-from rules.core import Evaluator, Event, Fire
-from rules.head import HeadReader
+from rules.core import Evaluator, Fire, RuleEvent
+from rules.head import RuleHeadReader
 from rules.metrics import RulesMetrics
 from rules.settings import RulesSettings
 from rules.spec import Rule, RulesError
@@ -130,7 +130,7 @@ class RulesEngine:
         self.dry_run = settings.rules_dry_run
         api_key = settings.api_key.get_secret_value() if settings.api_key else ""
         self.api = ConversationApi(settings.upstream_url, api_key, settings.rules_lookup_timeout)
-        self.head = HeadReader()
+        self.head = RuleHeadReader()
         self.busy = asyncio.Lock()
         self.partition_of: dict[str, int] = {}
         self.pending: dict[str, _Pending] = {}
@@ -389,7 +389,7 @@ class RulesEngine:
             # a rebalance took the partitions: their next owner re-reads; ids de-duplicate
             log.warning("offset commit failed", error=str(exc))
 
-    async def _decode(self, record: Any) -> Event | None:
+    async def _decode(self, record: Any) -> RuleEvent | None:
         """Full decode, for values the head reader does not take (older schema ids, bad data)."""
         try:
             name, value, schema_id = await self.serde.resolve(record.value)
@@ -405,7 +405,7 @@ class RulesEngine:
             self.head.learn(schema_id)  # its next events are read from their leading fields
         if name != "MonitorEvent" or value["type"] not in self.evaluator.by_type:
             return None
-        return Event(
+        return RuleEvent(
             value["event_key"],
             value["conversation_id"],
             value["agent_id"],

@@ -8,7 +8,7 @@ listens to it (after ``collector_id`` when silence rules need every event's time
 ``raw`` otherwise. ``source`` comes after the payload; the post-call backfill writes its events
 with ``collector_id`` ``backfill`` (``postcall/backfill.py``), which no collector uses, so that
 field tells backfilled events apart without a full decode. Which schema ids have that layout is
-learnt (:meth:`HeadReader.learn`) from full decodes, so pinned and registry ids work alike.
+learnt (:meth:`RuleHeadReader.learn`) from full decodes, so pinned and registry ids work alike.
 Values under another schema id, or that do not parse, get ``None`` and the caller decodes them
 fully (which reports bad data).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Final
 
-from rules.core import Event
+from rules.core import RuleEvent
 from schemas.avro_head import (
     LearntLayout,
     read_event_identity,
@@ -31,10 +31,12 @@ from schemas.event_types import BACKFILL
 SKIP: Final = "skip"  # the event's type has no rule: nothing else was read
 
 
-class HeadReader(LearntLayout):
+class RuleHeadReader(LearntLayout):
     __slots__ = ()
 
-    def read(self, data: bytes, wanted: Container[str], timed: bool = False) -> Event | str | None:
+    def read(
+        self, data: bytes, wanted: Container[str], timed: bool = False
+    ) -> RuleEvent | str | None:
         """The event, :data:`SKIP` when its type is not ``wanted``, or None (decode fully).
 
         ``timed``: an unwanted type still gives its event, with an empty ``raw``, for its time.
@@ -58,4 +60,4 @@ class HeadReader(LearntLayout):
         except (IndexError, UnicodeDecodeError):
             return None
         backfill = collector_id == BACKFILL
-        return Event(event_key, conversation_id, agent_id, etype, raw, received_at, backfill)
+        return RuleEvent(event_key, conversation_id, agent_id, etype, raw, received_at, backfill)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.actions import alert_record, command_record
-from rules.core import ConversationState, Evaluator, Event, Fire, fire_id
-from rules.head import SKIP, HeadReader
+from rules.core import ConversationRules, Evaluator, Fire, RuleEvent, fire_id
+from rules.head import SKIP, RuleHeadReader
 from rules.spec import RulesError, load_rules, parse_rules
 from schemas.serde import Serde
 from schemas.signing import verify
@@ -52,8 +52,8 @@ RULES = parse_rules(
 )
 
 
-def ev(conv: str, kind: str, raw: str, at: int, key: str | None = None) -> Event:
-    return Event(key or f"{conv}:{raw}", conv, "agent_1", kind, raw, at)
+def ev(conv: str, kind: str, raw: str, at: int, key: str | None = None) -> RuleEvent:
+    return RuleEvent(key or f"{conv}:{raw}", conv, "agent_1", kind, raw, at)
 
 
 def _bad(doc: dict[str, Any]) -> str:
@@ -175,7 +175,7 @@ def test_state_survives_the_changelog_record() -> None:
     restored.observe(ev("c", "agent_tool_response", err % 2, 4))
     fires = restored.observe(ev("c", "agent_tool_response", err % 3, 5)).fires
     assert [f.rule.name for f in fires] == ["third-error"]
-    assert ConversationState.from_record(record).chat is True
+    assert ConversationRules.from_record(record).chat is True
 
 
 # ----- property: order and duplicates do not matter ---------------------------------------------
@@ -184,7 +184,7 @@ TEXTS = ["human", "hello", '"is_error":true', '"is_error":false']
 
 
 @st.composite
-def conversations(draw: st.DrawFn) -> tuple[list[Event], dict[str, bool]]:
+def conversations(draw: st.DrawFn) -> tuple[list[RuleEvent], dict[str, bool]]:
     events = []
     for conv in draw(
         st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)
@@ -193,12 +193,12 @@ def conversations(draw: st.DrawFn) -> tuple[list[Event], dict[str, bool]]:
             kind = draw(st.sampled_from(KINDS))
             text = f"{draw(st.sampled_from(TEXTS))} {i}"
             at = draw(st.integers(0, 20)) * 1_000_000
-            events.append(Event(f"{conv}:{i}", conv, "agent", kind, text, at))
+            events.append(RuleEvent(f"{conv}:{i}", conv, "agent", kind, text, at))
     chats = {e.conversation_id: draw(st.booleans()) for e in events}
     return events, chats
 
 
-def run(events: list[Event], chats: dict[str, bool], lookup_at: int) -> list[tuple[str, str]]:
+def run(events: list[RuleEvent], chats: dict[str, bool], lookup_at: int) -> list[tuple[str, str]]:
     """Evaluate like the engine: channel looked up once a rule waits for it (or at
     ``lookup_at``, earlier, as a restart with a known channel would)."""
     e = Evaluator(RULES)
@@ -216,7 +216,7 @@ def run(events: list[Event], chats: dict[str, bool], lookup_at: int) -> list[tup
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), case=conversations())
 def test_any_order_and_duplication_fires_the_same_rules_once(
-    data: st.DataObject, case: tuple[list[Event], dict[str, bool]]
+    data: st.DataObject, case: tuple[list[RuleEvent], dict[str, bool]]
 ) -> None:
     events, chats = case
     expected = run(events, chats, lookup_at=-1)
@@ -281,14 +281,14 @@ def test_head_reader_agrees_with_the_full_decode() -> None:
         ),
     }
     data = serde.encode("MonitorEvent", record)
-    reader = HeadReader()
+    reader = RuleHeadReader()
     assert reader.read(data, {"user_transcript"}) is None  # no id learnt yet: decode fully
     reader.learn(serde.registry.writer_id("MonitorEvent"))
-    assert reader.read(data, {"user_transcript"}) == Event(
+    assert reader.read(data, {"user_transcript"}) == RuleEvent(
         "k1", "conv_1", None, "user_transcript", raw, 1_700_000_000_000_000
     )
     assert reader.read(data, {"interruption"}) == SKIP
     assert reader.read(data[:20], {"user_transcript"}) is None  # truncated: decode fully
-    other = HeadReader()
+    other = RuleHeadReader()
     other.learn(serde.registry.writer_id("MonitorEvent") + 1)
     assert other.read(data, {"user_transcript"}) is None

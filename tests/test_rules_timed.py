@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.core import ConversationState, Evaluator, Event, Fire
-from rules.head import HeadReader
+from rules.core import ConversationRules, Evaluator, Fire, RuleEvent
+from rules.head import RuleHeadReader
 from rules.spec import RulesError, parse_rules
 from schemas.serde import Serde
 
@@ -36,14 +36,14 @@ RULES = parse_rules(
 TIMED = {"quiet": 5 * S, "quiet-chat": 8 * S, "slow": 3 * S}
 
 
-def tool(conv: str, n: int, error: bool, at: int) -> Event:
+def tool(conv: str, n: int, error: bool, at: int) -> RuleEvent:
     flag = "true" if error else "false"
     raw = f'{{"type":"agent_tool_response","agent_tool_response":{{"n":{n},"is_error":{flag}}}}}'
-    return Event(f"{conv}:t{n}", conv, "agent", "agent_tool_response", raw, at)
+    return RuleEvent(f"{conv}:t{n}", conv, "agent", "agent_tool_response", raw, at)
 
 
-def turn(conv: str, kind: str, n: int, at: int, backfill: bool = False) -> Event:
-    return Event(f"{conv}:{kind}{n}", conv, "agent", kind, f"{kind} {n}", at, backfill)
+def turn(conv: str, kind: str, n: int, at: int, backfill: bool = False) -> RuleEvent:
+    return RuleEvent(f"{conv}:{kind}{n}", conv, "agent", kind, f"{kind} {n}", at, backfill)
 
 
 def names(fires: list[Fire]) -> list[str]:
@@ -130,7 +130,7 @@ def test_timed_state_survives_the_changelog_record() -> None:
     restored.restore("c", record)
     assert restored.states["c"] == e.states["c"]
     assert names(restored.expire(8 * S)) == ["quiet"]  # checked on the first tick after restore
-    assert ConversationState.from_record({"conversation_id": "x", "fired": []}).turns == {}
+    assert ConversationRules.from_record({"conversation_id": "x", "fired": []}).turns == {}
 
 
 def test_backfilled_events_are_evaluated_and_their_fires_say_so() -> None:
@@ -161,16 +161,18 @@ def test_head_reader_tells_backfill_and_reads_times_for_silence() -> None:
         "payload": ("convostream.RawPayload", {"type": "ping", "data": "{}", "reason": None}),
         "source": "backfill",
     }
-    reader = HeadReader()
+    reader = RuleHeadReader()
     reader.learn(serde.registry.writer_id("MonitorEvent"))
     data = serde.encode("MonitorEvent", record)
-    assert reader.read(data, set(), timed=True) == Event("k1", "conv_1", None, "ping", "", 7, True)
-    assert reader.read(data, {"ping"}) == Event(
+    assert reader.read(data, set(), timed=True) == RuleEvent(
+        "k1", "conv_1", None, "ping", "", 7, True
+    )
+    assert reader.read(data, {"ping"}) == RuleEvent(
         "k1", "conv_1", None, "ping", '{"type":"ping"}', 7, True
     )
     live = serde.encode("MonitorEvent", {**record, "collector_id": "c1", "source": "live"})
     head = reader.read(live, {"ping"})
-    assert isinstance(head, Event)
+    assert isinstance(head, RuleEvent)
     assert not head.backfill
 
 
@@ -179,7 +181,7 @@ KINDS = ["user_transcript", "agent_response", "ping", "agent_tool_response"]
 
 
 @st.composite
-def conversations(draw: st.DrawFn) -> tuple[list[Event], dict[str, bool]]:
+def conversations(draw: st.DrawFn) -> tuple[list[RuleEvent], dict[str, bool]]:
     events = []
     for conv in draw(st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2, unique=True)):
         for i in range(draw(st.integers(0, 10))):
@@ -192,7 +194,7 @@ def conversations(draw: st.DrawFn) -> tuple[list[Event], dict[str, bool]]:
     return events, {e.conversation_id: draw(st.booleans()) for e in events}
 
 
-def reference(events: list[Event], chats: dict[str, bool]) -> set[tuple[str, str]]:
+def reference(events: list[RuleEvent], chats: dict[str, bool]) -> set[tuple[str, str]]:
     """The timed rules whose condition holds over all the events, from the definitions."""
     out = set()
     for conv in {e.conversation_id for e in events}:
@@ -211,7 +213,7 @@ def reference(events: list[Event], chats: dict[str, bool]) -> set[tuple[str, str
     return out
 
 
-def run(events: list[Event], chats: dict[str, bool]) -> list[tuple[str, str]]:
+def run(events: list[RuleEvent], chats: dict[str, bool]) -> list[tuple[str, str]]:
     e = Evaluator(RULES)
     fires = []
     for event in events:
@@ -224,7 +226,7 @@ def run(events: list[Event], chats: dict[str, bool]) -> list[tuple[str, str]]:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), case=conversations())
 def test_any_order_fires_at_most_once_and_never_misses(
-    data: st.DataObject, case: tuple[list[Event], dict[str, bool]]
+    data: st.DataObject, case: tuple[list[RuleEvent], dict[str, bool]]
 ) -> None:
     events, chats = case
     copies = data.draw(st.lists(st.sampled_from(events), max_size=len(events))) if events else []
@@ -236,7 +238,7 @@ def test_any_order_fires_at_most_once_and_never_misses(
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), case=conversations())
 def test_orders_that_overtake_no_answer_fire_exactly_the_same_rules(
-    data: st.DataObject, case: tuple[list[Event], dict[str, bool]]
+    data: st.DataObject, case: tuple[list[RuleEvent], dict[str, bool]]
 ) -> None:
     """Shuffle and duplicate freely, then move every agent_response in front of the events
     later than it in event time: such orders all fire what the definitions say."""
