@@ -31,8 +31,9 @@ and stream per message) costs more than all of the metric work, so the hot topic
 Each stage is a fold without I/O (:mod:`processors.stages`) from the batch and the states it
 touches to a :class:`~processors.plans.Plan`; this module reads the batch, loads the states
 and hands the plan to :func:`processors.plans.apply` (outputs, then table writes, then
-metrics). Both stages ack a batch only after its plan is applied, so a committed offset always
-lies behind state that is in the changelog.
+metrics). Both stages ack a batch only after its plan is applied, and a commit first waits
+until every table write is stored (:func:`processors.faust_glue.complete_flush`), so a
+committed offset always lies behind state that is in the changelog.
 States are idempotent (re-applying events changes nothing; re-forwarded events are dropped by
 source offset), so replaying what came after the last commit is harmless: at-least-once
 delivery gives exactly-once results.
@@ -67,7 +68,7 @@ from processors.events import (
     HeadReader,
     from_record,
 )
-from processors.faust_glue import check_versions, raw_table, replace_drain
+from processors.faust_glue import check_versions, complete_flush, raw_table, replace_drain
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
 from processors.metrics import ProcessorMetrics
@@ -278,6 +279,8 @@ class Processor:
             ready=self.sink_service.ready,
             fetch_wait_ms=settings.fetch_wait_ms(settings.processor_fetch_wait_ms),
         )
+        # table writes reach the changelog before the offsets of their events are committed
+        complete_flush(app.producer.buffer)
         app.agent(self.forward_topic, name="agent-windows")(self._window_agent)
         app.timer(1.0)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]

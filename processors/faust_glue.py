@@ -1,6 +1,6 @@
 """Every private Faust and aiokafka internal the processor relies on, checked before use.
 
-The batch path (``processors.app``) reaches past Faust's public interface in four places:
+The batch path (``processors.app``) reaches past Faust's public interface in five places:
 
 - ``Consumer._drain_messages`` is replaced by :func:`replace_drain`, which keeps Faust's
   offset bookkeeping (``_read_offset``, ``_add_gap``, ``_unacked_messages``, ``ack``,
@@ -9,7 +9,8 @@ The batch path (``processors.app``) reaches past Faust's public interface in fou
 - aiokafka's ``Fetcher._fetch_max_wait_ms`` (reached through Faust's consumer thread) bounds
   the long poll (:func:`shorten_fetch_wait`);
 - ``Table.key_serializer`` / ``value_serializer``, read when the store is created
-  (:func:`raw_table`).
+  (:func:`raw_table`);
+- the producer buffer's ``flush`` and ``_send_pending`` (:func:`complete_flush`).
 
 They hold for the versions below. :func:`check_versions` (at start-up) refuses others and each
 helper checks the attributes it touches, so a Faust or aiokafka upgrade fails loudly, naming
@@ -98,6 +99,45 @@ def raw_table(app: faust.App, name: str, partitions: int) -> Any:
     _require(table, ("key_serializer", "value_serializer"), "Table")
     table.key_serializer = table.value_serializer = "raw"  # read when the store is created
     return table
+
+
+def complete_flush(buffer: Any) -> None:
+    """Make the flush before each offset commit wait for every buffered table write.
+
+    Faust commits offsets after ``producer.flush()``, whose buffer flush
+    (``ProducerBuffer.flush_atmost``) returns as soon as no message leaves the buffer within
+    0.1 s. Table writes (changelog records) still in the buffer then go unsent while the
+    offsets of the events they hold are committed, and a SIGKILL loses them: the restored
+    state lacks events that are never read again (seen as agent windows and SQL rows short
+    of the events after a kill on a loaded machine). Here the flush returns only when the
+    buffer is empty and no message is on its way into the Kafka producer, whose own flush
+    then waits for the acknowledgements.
+    """
+    _require(buffer, ("flush", "_send_pending", "pending", "message_sent", "state"), "buffer")
+    send = buffer._send_pending
+    sending = 0
+
+    async def send_pending(message: Any) -> None:
+        nonlocal sending
+        sending += 1
+        try:
+            await send(message)
+        finally:
+            sending -= 1
+
+    async def flush() -> None:
+        while buffer.pending.qsize() or sending:
+            if buffer.state != "running" and buffer.pending.qsize():
+                raise FaustGlueError(
+                    f"producer {buffer.state} with {buffer.pending.qsize()} table writes unsent"
+                )
+            buffer.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await buffer.message_sent.wait()
+
+    buffer._send_pending = send_pending
+    buffer.flush = flush
 
 
 def shorten_fetch_wait(consumer: Any, wait_ms: int) -> None:

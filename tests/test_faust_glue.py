@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -63,3 +64,50 @@ def test_table_writes_follow_the_given_event() -> None:
     with faust_glue.in_partition_of(event):
         assert current.get()() is event
     assert current.get(None) is before
+
+
+async def _buffer_with_slow_sends(tmp_path: Any, seconds: float) -> tuple[Any, list[int]]:
+    """A real Faust producer buffer whose sends to Kafka (the stand-in) take ``seconds``."""
+    app = faust.App("glue-flush", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
+    buffer: Any = app.producer.buffer
+    sent: list[int] = []
+
+    async def send_to_kafka(message: int) -> None:
+        await asyncio.sleep(seconds)
+        sent.append(message)
+
+    buffer._send_pending = send_to_kafka
+    return buffer, sent
+
+
+async def _sent_by_flush(buffer: Any, sent: list[int]) -> list[int]:
+    """Three writes buffered, then one flush: what the stand-in had sent when it returned."""
+    await buffer.start()
+    try:
+        for message in range(3):
+            buffer.put(message)
+        await buffer.flush()
+        return list(sent)
+    finally:
+        buffer.pending = asyncio.Queue()  # stopping must not flush what is left
+        await buffer.stop()
+
+
+async def test_fausts_own_flush_returns_with_table_writes_unsent(tmp_path: Any) -> None:
+    """The defect :func:`faust_glue.complete_flush` exists for: a send slower than 0.1 s."""
+    buffer, sent = await _buffer_with_slow_sends(tmp_path, 0.3)
+    assert len(await _sent_by_flush(buffer, sent)) < 3
+
+
+async def test_complete_flush_returns_once_every_write_is_sent(tmp_path: Any) -> None:
+    buffer, sent = await _buffer_with_slow_sends(tmp_path, 0.3)
+    faust_glue.complete_flush(buffer)
+    assert await _sent_by_flush(buffer, sent) == [0, 1, 2]
+
+
+async def test_complete_flush_refuses_a_stopped_producer_with_writes_left(tmp_path: Any) -> None:
+    buffer, _ = await _buffer_with_slow_sends(tmp_path, 0.3)
+    faust_glue.complete_flush(buffer)
+    buffer.put(0)  # never started: nothing will send it
+    with pytest.raises(faust_glue.FaustGlueError, match="1 table writes unsent"):
+        await buffer.flush()
