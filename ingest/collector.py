@@ -297,7 +297,8 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         if waiting:
             tps = [TopicPartition(self.topic, p) for p in waiting]
             try:
-                ends = await asyncio.wait_for(consumer.end_offsets(tps), BROKER_CALL_TIMEOUT)
+                async with asyncio.timeout(BROKER_CALL_TIMEOUT):  # wait_for may lose a cancel
+                    ends = await consumer.end_offsets(tps)
             except (KafkaError, TimeoutError) as exc:
                 log.warning("end offsets unavailable; retrying", error=type(exc).__name__)
                 ends = {}
@@ -308,7 +309,8 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             tp = TopicPartition(self.topic, partition)
             try:
-                position = await asyncio.wait_for(consumer.position(tp), BROKER_CALL_TIMEOUT)
+                async with asyncio.timeout(BROKER_CALL_TIMEOUT):
+                    position = await consumer.position(tp)
             except (KafkaError, AssertionError, KeyError, TimeoutError):
                 continue  # not assigned any more (a rebalance is under way), or not known yet
             if partition in self._paused or not self.ledger.ready(partition, position):

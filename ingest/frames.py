@@ -116,6 +116,15 @@ class FrameReader:
     def tick(self, now: float) -> Released:
         return self._release(self._filter.tick(now))
 
+    def stalled(self, seconds: float) -> None:
+        """The socket was not read for ``seconds``: that is no quiet spell."""
+        self._filter.stalled(seconds)
+
+    def discard(self) -> None:
+        """Drop a held replay burst unrecorded: the next connection's replay brings it again."""
+        self._held.clear()
+        self._filter.discard()
+
     def history(self, start: int = 0) -> bytes:
         """Frame digests this reader has seen (from frame ``start``), for the next owner."""
         return self._filter.history(start)

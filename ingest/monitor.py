@@ -221,19 +221,18 @@ class Monitor:
             while True:
                 if reader.pending:  # a replay burst is held: close it if the socket goes quiet
                     try:
-                        data = await asyncio.wait_for(ws.recv(decode=False), BURST_POLL)
+                        async with asyncio.timeout(BURST_POLL):  # wait_for may lose a cancel
+                            data = await ws.recv(decode=False)
                     except TimeoutError:
                         if gate.is_set():
                             self._hand_on(reader.tick(loop.time()), loop.time())
                         else:  # paused: a burst released now would miss the hand-over
-                            await gate.wait()
+                            await self._held()
                         continue
                 else:
                     data = await ws.recv(decode=False)
-                if not gate.is_set():
-                    await gate.wait()
-                if not room.is_set():
-                    await room.wait()
+                if not (gate.is_set() and room.is_set()):
+                    await self._held()
                 frames += 1
                 markers = reader.markers
                 now = loop.time()
@@ -244,9 +243,21 @@ class Monitor:
             return frames
         finally:
             ctx.metrics.live_sockets.dec()
-            released = reader.disconnected()
-            if gate.is_set():  # paused: stopped after a hand-over; the next owner replays them
-                self._hand_on(released, loop.time())
+            if gate.is_set():
+                self._hand_on(reader.disconnected(), loop.time())
+            else:  # paused: a hand-over may have sent the history; the next replay has them
+                reader.discard()
+
+    async def _held(self) -> None:
+        """Wait until neither paused nor back-pressured. The socket was not read meanwhile, so
+        the quiet spell that closes a replay burst must not count this time: frames kept
+        coming, and closing the burst early would take its tail for new frames."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not (self._gate.is_set() and self.ctx.publisher.room.is_set()):
+            await self._gate.wait()
+            await self.ctx.publisher.room.wait()
+        self.reader.stalled(loop.time() - began)
 
     def _hand_on(self, released: Released, now: float) -> None:
         """Publish what the reader released, in order; report a gap."""

@@ -155,7 +155,8 @@ class Publisher:
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record offered so far is acknowledged; False on timeout."""
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            async with asyncio.timeout(timeout):  # asyncio.wait_for may lose a cancellation
+                await self._empty.wait()
         except TimeoutError:
             return False
         return True
@@ -257,7 +258,8 @@ class Publisher:
             if not future.done():
                 self._acked.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._acked.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._acked.wait()
                 continue
             now = self._loop.time()
             while inflight and inflight[0][0].done():

@@ -135,6 +135,11 @@ class ReplayFilter:
     def disconnected(self) -> Outcome:
         return self._close_burst()
 
+    def discard(self) -> None:
+        """Forget the burst held, without adding it to the history."""
+        self._burst = None
+        self._exact = False
+
     def marker(self, kind: str, now: float) -> Outcome:
         """A ``connected`` or ``history_complete`` control frame of the upstream."""
         self._last_at = now
@@ -156,6 +161,10 @@ class ReplayFilter:
         if self._burst and not self._markers and now - self._last_at > self._burst_gap:
             return self._close_burst()
         return NOTHING
+
+    def stalled(self, seconds: float) -> None:
+        """Stop the quiet-spell clock for ``seconds`` during which nobody read the socket."""
+        self._last_at += seconds
 
     # ----- history ----------------------------------------------------------------------------
     @property

@@ -1,0 +1,162 @@
+"""The monitor's reading loop against scripted sockets: stalls, pauses and cancellations that
+land between two frames, where a real upstream cannot place them on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from websockets.exceptions import ConnectionClosed
+
+from ingest.discovery import RestClient
+from ingest.metrics import Metrics
+from ingest.monitor import Context, Monitor
+from ingest.publisher import Publisher
+from ingest.replay import frame_digest
+from schemas.serde import Serde
+from simulator.testing import wait_for
+
+FRAMES = [orjson.dumps({"type": "note", "n": i}) for i in range(5)]
+
+
+class Socket:
+    """One scripted monitor connection: ``frames`` are received in order; None closes it."""
+
+    close_code = 1006
+    close_reason = ""
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.on_recv: Callable[[], None] | None = None  # called once, as the next frame arrives
+
+    async def __aenter__(self) -> Socket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def recv(self, decode: bool = False) -> bytes:
+        frame = await self.frames.get()
+        if frame is None:
+            raise ConnectionClosed(None, None)
+        if self.on_recv is not None:
+            hook, self.on_recv = self.on_recv, None
+            hook()
+        return frame
+
+    def taken(self) -> bool:
+        return self.frames.empty()
+
+
+class Upstream:
+    """Stands in for ``open_monitor``: each connection gets the next :class:`Socket`."""
+
+    def __init__(self) -> None:
+        self.sockets: list[Socket] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Socket:
+        self.sockets.append(Socket())
+        return self.sockets[-1]
+
+
+@pytest.fixture
+async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A monitor whose publisher is never started (offered records stay counted), and its
+    scripted upstream; the monitor starts when the test calls ``start(history)``."""
+    upstream = Upstream()
+    monkeypatch.setattr("ingest.monitor.open_monitor", upstream)
+    metrics = Metrics()
+    ctx = Context(
+        collector_id="test",
+        ws_base="ws://127.0.0.1:9",
+        api_key=None,
+        serde=Serde(),
+        publisher=Publisher(lambda: AIOKafkaProducer(), metrics, 1000, 10**6),
+        metrics=metrics,
+        rest=RestClient("http://127.0.0.1:9", None, metrics, 1, 0.01, 0.05),
+        events_topic="e",
+        events_partitions=12,
+        dlq_topic="d",
+        dlq_partitions=3,
+        lifecycle=lambda _record: None,
+        connect_timeout=1,
+        ping_interval=0,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        max_frame_bytes=1 << 20,
+    )
+    monitors: list[Monitor] = []
+
+    async def start(history: bytes | None = None) -> tuple[Monitor, Socket]:
+        monitor = Monitor(ctx, "conv_1", None, history, lambda _m, _e: None)
+        monitors.append(monitor)
+        monitor.start()
+        await wait_for(lambda: upstream.sockets)
+        return monitor, upstream.sockets[-1]
+
+    yield ctx, upstream, start
+    for monitor in monitors:
+        monitor.resume()
+        await monitor.stop()
+    await ctx.rest.close()
+
+
+async def test_a_publish_stall_inside_a_replay_burst_is_no_quiet_spell(rig: Any) -> None:
+    """The socket is not read while the publisher is full: the burst's tail arrives after the
+    stall, and must be matched with the rest instead of being taken for new frames."""
+    ctx, _, start = rig
+    monitor, sock = await start(b"".join(frame_digest(f) for f in FRAMES))  # all seen before
+    for frame in FRAMES[:2]:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: sock.taken() and monitor.reader.pending)
+    ctx.publisher.room.clear()  # the publisher is full
+    sock.frames.put_nowait(FRAMES[2])
+    await wait_for(sock.taken)
+    await asyncio.sleep(0.5)  # twice the quiet spell that closes a burst
+    ctx.publisher.room.set()
+    for frame in FRAMES[3:]:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: not monitor.reader.pending, 5)
+    assert ctx.publisher.records == 0  # the whole replay was recognised
+    assert monitor.reader.size == len(FRAMES)
+
+
+async def test_a_burst_held_when_the_socket_is_lost_while_paused_stays_out_of_the_history(
+    rig: Any,
+) -> None:
+    """While paused, the history is what a hand-over sends; frames held then were not
+    published, so they must not be recorded as seen, or their next replay drops them."""
+    ctx, upstream, start = rig
+    monitor, sock = await start()
+    for frame in FRAMES[:2]:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: sock.taken() and monitor.reader.pending)
+    monitor.pause()
+    sock.frames.put_nowait(None)  # lost while the burst is held
+    await wait_for(lambda: not monitor.reader.pending)
+    assert monitor.reader.size == 0
+    assert ctx.publisher.records == 0
+    monitor.resume()  # the partition was kept: the next replay brings the frames again
+    await wait_for(lambda: len(upstream.sockets) == 2)
+    for frame in FRAMES[:2]:
+        upstream.sockets[1].frames.put_nowait(frame)
+    await wait_for(lambda: ctx.publisher.records == 2, 5)
+
+
+async def test_a_cancellation_arriving_with_a_frame_stops_the_monitor(rig: Any) -> None:
+    """``stop()`` cancels the monitor; a frame arriving in the same turn must not swallow the
+    cancellation (``asyncio.wait_for`` did, and shutdown then waited for the call's end)."""
+    _, _, start = rig
+    monitor, sock = await start()
+    sock.frames.put_nowait(FRAMES[0])
+    await wait_for(lambda: sock.taken() and monitor.reader.pending)
+    task = monitor.task
+    assert task is not None
+    sock.on_recv = lambda: asyncio.get_running_loop().call_soon(task.cancel)
+    sock.frames.put_nowait(FRAMES[1])
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled()
