@@ -75,6 +75,8 @@ class KafkaBroker(BrokerProcess):
 
     ``port`` is the first node's client port (0: free ports). ``properties`` are added to every
     node's ``server.properties`` (tests lower ``group.min.session.timeout.ms``, for instance).
+    ``advertised_port`` sends the clients of a single node to another port (a test's proxy that
+    can cut the broker off); the proxy must be up before :meth:`start`.
     """
 
     port: int = 0
@@ -87,6 +89,7 @@ class KafkaBroker(BrokerProcess):
     version: str = KAFKA_VERSION
     properties: Mapping[str, str] = field(default_factory=dict)
     sasl_ssl: SaslSslListener | None = None
+    advertised_port: int = 0
     _nodes: list[KafkaNode] = field(default_factory=list, init=False, repr=False)
     _root: Path | None = field(default=None, init=False, repr=False)
 
@@ -148,7 +151,7 @@ class KafkaBroker(BrokerProcess):
             "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://{self.host}:{node.port},"
             f"CONTROLLER://{self.host}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port}",
+            "advertised.listeners": self._advertised(node),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -167,6 +170,9 @@ class KafkaBroker(BrokerProcess):
             props.update(self._sasl_ssl_properties(node, self.sasl_ssl))
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
+    def _advertised(self, node: KafkaNode) -> str:
+        return f"PLAINTEXT://{self.host}:{self.advertised_port or node.port}"
+
     def _sasl_ssl_properties(self, node: KafkaNode, listener: SaslSslListener) -> dict[str, str]:
         secure = f"SASL_SSL://{self.host}:{node.secure_port}"
         prefix = "listener.name.sasl_ssl."
@@ -174,7 +180,7 @@ class KafkaBroker(BrokerProcess):
         return {
             "listeners": f"PLAINTEXT://{self.host}:{node.port},{secure},"
             f"CONTROLLER://{self.host}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port},{secure}",
+            "advertised.listeners": f"{self._advertised(node)},{secure}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,"
             "CONTROLLER:PLAINTEXT",
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",

@@ -26,6 +26,14 @@ class CollectorProcess(CliProcess):
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         super().__init__("collect", {**env, "CONVOSTREAM_COLLECTOR_ID": name}, log_dir, name)
 
+    async def joined(self, timeout: float = 120) -> None:
+        """Until the collector says it joined its group (seconds on a busy machine): a
+        conversation that ends before any collector runs is out of every collector's reach."""
+        async with asyncio.timeout(timeout):
+            while '"collector started"' not in self.log_text():
+                assert self.alive(), self.failure_text()
+                await asyncio.sleep(0.1)
+
 
 def collector_env(
     bootstrap: str, upstream: str, key: str, prefix: str, group: str, **extra: str
@@ -149,6 +157,21 @@ def check_events(truth: Iterable[dict[str, Any]], events: list[Record]) -> Check
         mismatched_keys=mismatched,
         order_violations=violations,
     )
+
+
+def unreported_loss(missing: list[tuple[str, str]], lifecycle: list[Record]) -> list[str]:
+    """Conversations with missing frames and no gap record saying why.
+
+    A conversation that ends while no collector holds its socket (its owner was killed, or the
+    broker outage held the collector back) refuses the reconnect with 1008: frames sent after
+    the last replay are gone for good, and the collector must say so with a gap record.
+    """
+    reported = {
+        r.value["conversation_id"]
+        for r in lifecycle
+        if r.value["state"] == "gap" and "ended_while_disconnected" in (r.value["detail"] or "")
+    }
+    return sorted({cid for cid, _ in missing} - reported)
 
 
 class CuttableProxy:

@@ -7,10 +7,12 @@ see each other's records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import aiohttp
 import pytest
 
 from convostream.broker import broker_binary, create_topics, free_port, wait_until_ready
+from convostream.kafka_dist import KafkaUnavailable
+from convostream.kafka_engine import KafkaBroker
 from schemas.topics import CONVERSATIONS, MONITOR_DLQ, MONITOR_EVENTS
 from tests.collector_harness import (
     CollectorProcess,
@@ -27,7 +31,10 @@ from tests.collector_harness import (
     collector_env,
     ground_truth,
     read_topic,
+    unreported_loss,
 )
+from tests.conftest import KAFKA_TEST_PROPERTIES
+from tests.needs import missing_tool
 
 pytestmark = pytest.mark.integration
 
@@ -36,26 +43,13 @@ SIM = {"reorder_ms": 300, "disconnect_every": 5, "events_per_second": 6, "ramp_s
 
 
 async def _drain(sim: Any, collectors: list[CollectorProcess], timeout: float = 120) -> None:
-    """Wait for the simulator to finish, then let the collectors flush and exit."""
+    """Wait for the simulator to finish, then let the collectors flush and exit. The wait for
+    an exit runs in a thread: the loop must keep serving the simulator and the test's proxy,
+    or the collector's last calls to the broker hang."""
     await sim.wait_finished(timeout)
     await asyncio.sleep(2.0)
     for collector in collectors:
-        assert collector.stop() == 0, collector.failure_text()
-
-
-def _unreported(missing: list[tuple[str, str]], lifecycle: list[Record]) -> list[str]:
-    """Conversations with missing frames and no gap record saying why.
-
-    A conversation that ends while no collector holds its socket (its owner was killed, or the
-    broker outage held the collector back) refuses the reconnect with 1008: frames sent after
-    the last replay are gone for good, and the collector must say so with a gap record.
-    """
-    reported = {
-        r.value["conversation_id"]
-        for r in lifecycle
-        if r.value["state"] == "gap" and "ended_while_disconnected" in (r.value["detail"] or "")
-    }
-    return sorted({cid for cid, _ in missing} - reported)
+        assert await asyncio.to_thread(collector.stop) == 0, collector.failure_text()
 
 
 async def _scrape(port: int) -> str:
@@ -85,14 +79,6 @@ async def _late_sim(simulator_factory: Any, tmp_path: Path, port: int, **knobs: 
     )
 
 
-async def _started(collector: CollectorProcess, timeout: float = 120) -> None:
-    """Until the collector says it joined its group (start-up takes seconds on a busy machine)."""
-    async with asyncio.timeout(timeout):
-        while '"collector started"' not in collector.log_text():
-            assert collector.alive(), collector.failure_text()
-            await asyncio.sleep(0.1)
-
-
 async def test_two_collectors_publish_every_frame_exactly_once(
     kafka_broker: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
@@ -119,7 +105,7 @@ async def test_two_collectors_publish_every_frame_exactly_once(
     for collector in collectors:
         collector.start()
     for collector in collectors:
-        await _started(collector)
+        await collector.joined()
     sim = await _late_sim(
         simulator_factory, tmp_path, sim_port, conversations=60, monitoring_events=f"1={restricted}"
     )
@@ -199,7 +185,7 @@ async def test_killed_collector_loses_nothing(
     for collector in collectors:
         collector.start()
     for collector in collectors:
-        await _started(collector)
+        await collector.joined()
     sim = await _late_sim(simulator_factory, tmp_path, port, conversations=60)
     await asyncio.sleep(7.0)
     collectors[0].kill()
@@ -210,27 +196,54 @@ async def test_killed_collector_loses_nothing(
     events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
     lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
     check = check_events(ground_truth(tmp_path / "truth.jsonl"), events)
-    assert _unreported(check.missing, lifecycle) == []
+    assert unreported_loss(check.missing, lifecycle) == []
     assert check.mismatched_keys == 0, [(k[0], k[1][:40], c) for k, c in check.copies.items()]
     assert check.order_violations == 0
 
 
-@pytest.fixture
-async def proxied_broker() -> Any:
+@contextlib.asynccontextmanager
+async def _proxied(engine: str) -> AsyncIterator[tuple[CuttableProxy, str]]:
     """A broker of its own that clients reach only through a :class:`CuttableProxy`."""
     broker_port, proxy_port = free_port(), free_port()
     proxy = CuttableProxy(broker_port, proxy_port)
     await proxy.start()
-    proc = _tansu(broker_port, proxy_port)
     bootstrap = f"127.0.0.1:{proxy_port}"
+    broker: KafkaBroker | subprocess.Popen[bytes]
     try:
-        await wait_until_ready(bootstrap)
-        await create_topics(bootstrap)
+        if engine == "kafka":
+            broker = KafkaBroker(
+                port=broker_port, advertised_port=proxy_port, properties=KAFKA_TEST_PROPERTIES
+            )
+            try:  # start() runs a loop of its own: a thread, so that this one serves the proxy
+                await asyncio.to_thread(broker.start)
+            except KafkaUnavailable as exc:
+                missing_tool(str(exc))
+        else:
+            broker = _tansu(broker_port, proxy_port)
+            await wait_until_ready(bootstrap)
+            await create_topics(bootstrap)
         yield proxy, bootstrap
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if isinstance(broker, KafkaBroker):
+            await asyncio.to_thread(broker.stop)
+        else:
+            broker.terminate()
+            broker.wait(10)
         await proxy.close()
+
+
+@pytest.fixture
+async def proxied_broker() -> AsyncIterator[tuple[CuttableProxy, str]]:
+    """Tansu behind a :class:`CuttableProxy`."""
+    async with _proxied("tansu") as proxied:
+        yield proxied
+
+
+@pytest.fixture
+async def proxied_session_engine(broker_engine: str) -> AsyncIterator[tuple[CuttableProxy, str]]:
+    """The session's engine behind a :class:`CuttableProxy`."""
+    async with _proxied(broker_engine) as proxied:
+        yield proxied
 
 
 def _tansu(broker_port: int, proxy_port: int) -> subprocess.Popen[bytes]:
@@ -253,9 +266,9 @@ def _tansu(broker_port: int, proxy_port: int) -> subprocess.Popen[bytes]:
 
 
 async def test_broker_outage_loses_nothing_and_keeps_order(
-    proxied_broker: Any, simulator_factory: Any, tmp_path: Path
+    proxied_session_engine: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
-    proxy, bootstrap = proxied_broker
+    proxy, bootstrap = proxied_session_engine
     sim = await simulator_factory(
         api_key=SECRET,
         seed=5,
@@ -277,7 +290,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     events = await read_topic(bootstrap, MONITOR_EVENTS.name)
     lifecycle = await read_topic(bootstrap, CONVERSATIONS.name)
     check = check_events(ground_truth(tmp_path / "truth.jsonl"), events)
-    assert _unreported(check.missing, lifecycle) == []
+    assert unreported_loss(check.missing, lifecycle) == []
     assert check.order_violations == 0
     assert check.mismatched_keys == 0
 
@@ -318,7 +331,7 @@ async def test_sigkill_with_repeats_markers_reorder_and_drops_keeps_one_key_per_
     )  # fmt: skip
     collectors = [CollectorProcess(f"s{i}", env, tmp_path) for i in range(2)]
     collectors[0].start()
-    await _started(collectors[0])
+    await collectors[0].joined()
     sim = await _late_sim(
         simulator_factory,
         tmp_path,

@@ -27,7 +27,7 @@ from tests.test_collector_e2e import proxied_broker
 from tests.test_ops import get
 
 pytestmark = pytest.mark.integration
-__all__ = ["proxied_broker"]  # the fixture, shared with the collector's outage test
+__all__ = ["proxied_broker"]  # a fixture of the collector's end-to-end tests
 
 KEY = "health-key-" + uuid.uuid4().hex
 FAST = {
