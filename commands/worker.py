@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -473,7 +474,11 @@ class CommandWorker:
     async def _commit(self, message: ConsumerRecord[bytes, bytes]) -> None:
         assert self._consumer is not None
         tp = TopicPartition(message.topic, message.partition)
-        await self._consumer.commit({tp: message.offset + 1})
+        try:
+            await self._consumer.commit({tp: message.offset + 1})
+        except CommitFailedError:  # the partition moved: its new owner finds the result
+            log.warning("offset commit failed after a rebalance", partition=message.partition)
+            return
         self.ledger.committed(message.partition, message.offset + 1)
 
 
