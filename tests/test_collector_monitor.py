@@ -4,7 +4,7 @@ land between two frames, where a real upstream cannot place them on purpose."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import orjson
@@ -32,6 +32,12 @@ class Socket:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.on_recv: Callable[[], None] | None = None  # called once, as the next frame arrives
+
+    def __await__(self) -> Generator[Any, None, Socket]:  # connecting succeeds at once
+        return self._connected().__await__()
+
+    async def _connected(self) -> Socket:
+        return self
 
     async def __aenter__(self) -> Socket:
         return self
