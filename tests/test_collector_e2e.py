@@ -120,7 +120,7 @@ async def test_two_collectors_publish_every_frame_exactly_once(
     # A simulated drop that lands in a conversation's last moments loses the frames queued on
     # the socket (an error frame or a plain TCP abort), and the reconnect meets the end (close
     # 1008): a gap record must say so. That is rare.
-    assert _unreported(check.missing, lifecycle) == []
+    assert unreported_loss(check.missing, lifecycle) == []
     cut = {r.value["conversation_id"] for r in lifecycle if r.value["state"] == "gap"}
     assert len(cut) <= 60 // 10, sorted(cut)
     assert check.duplicates == 0, [(k[0], k[1][:40], c) for k, c in check.copies.items()]
