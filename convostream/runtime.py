@@ -53,8 +53,11 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` where ``stop`` is set on the first SIGINT or SIGTERM.
 
     A second signal cancels ``main`` outright, for an operator who does not want to wait for a
-    graceful drain. A dependency that never answered at start exits with code 3.
+    graceful drain. A dependency that never answered at start exits with code 3. A cancellation
+    that no signal asked for (a library cancelling the wrong task) is a failure, exit code 1,
+    never a silent exit 0 that a supervisor would take for a requested stop.
     """
+    cancelled_by_signal = False
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
@@ -62,7 +65,9 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         task = asyncio.current_task()
 
         def on_signal() -> None:
+            nonlocal cancelled_by_signal
             if stop.is_set() and task is not None:
+                cancelled_by_signal = True
                 task.cancel()
             stop.set()
 
@@ -75,8 +80,13 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
                 loop.remove_signal_handler(sig)
 
     try:
-        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(runner())
+    except asyncio.CancelledError:
+        if not cancelled_by_signal:
+            log.error("main task cancelled without a stop signal; exiting as failed")
+            logs.flush()
+            sys.exit(1)
     except readiness.Unreachable:
         sys.exit(EXIT_UNREACHABLE)
     except readiness.Refused as exc:
