@@ -16,10 +16,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from upstream.websocket import open_monitor
+from upstream.rest import UpstreamError
+from upstream.websocket import connected, open_monitor
 
 
 class ConnectFailed(Exception):
@@ -73,19 +74,21 @@ class SocketPool:
     async def open(self, conversation_id: str) -> ClientConnection:
         """Open a socket, wait until it proves open (first frame) or ``settle`` passes."""
         try:
-            ws = await asyncio.wait_for(
-                open_monitor(
-                    self._upstream,
-                    conversation_id,
-                    self._api_key,
-                    open_timeout=self.connect_timeout,
-                    ping_interval=20,
-                    max_queue=None,
-                ),
-                self.connect_timeout,
-            )
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ConnectFailed(f"monitor socket not opened: {type(exc).__name__}") from None
+            async with asyncio.timeout(self.connect_timeout):
+                ws = await connected(
+                    open_monitor(
+                        self._upstream,
+                        conversation_id,
+                        self._api_key,
+                        open_timeout=self.connect_timeout,
+                        ping_interval=20,
+                        max_queue=None,
+                    )
+                )
+        except UpstreamError as exc:
+            raise ConnectFailed(f"monitor socket not opened: {exc}") from None
+        except TimeoutError:
+            raise ConnectFailed("monitor socket not opened: TimeoutError") from None
         sock = _Socket(ws, time.monotonic())
         sock.drain = asyncio.create_task(self._drain(conversation_id, sock))
         if self.settle > 0:

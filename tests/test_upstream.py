@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from commands.pool import ConnectFailed, SocketPool
 from upstream.conversations import ConversationApi
 from upstream.rest import RetryPolicy, UpstreamClient, UpstreamError
 from upstream.urls import conversation_path, monitor_url
@@ -142,3 +143,15 @@ async def test_monitor_handshakes_refused_for_good_are_not_retriable(
         ("monitor handshake answered HTTP 503", True),
         ("ConnectionRefusedError", True),
     ]
+
+
+async def test_the_command_pool_reports_a_refused_monitor_socket_by_its_answer(
+    server: Callable[..., Awaitable[Server]],
+) -> None:
+    """Command workers open sockets through the same classification (``connected``)."""
+    srv = await server((404, {}, ""))
+    pool = SocketPool(srv.url, KEY, idle_timeout=5, max_sockets=2, connect_timeout=5, settle=0)
+    with pytest.raises(ConnectFailed, match=r"monitor socket not opened: .*HTTP 404"):
+        await pool.open("c1")
+    assert len(pool) == 0
+    assert srv.seen[0][2] == KEY

@@ -2,8 +2,9 @@
 
 No compression (frames are small JSON, and deflate costs CPU per socket); the key travels only
 in the ``xi-api-key`` header. Pings are answered within one interval or the socket is dropped.
-:func:`opened` turns a failed connect into an :class:`~upstream.rest.UpstreamError`,
-so that callers decide by its ``retriable`` flag instead of by websockets' exception classes.
+:func:`connected` and :func:`opened` turn a failed connect into an
+:class:`~upstream.rest.UpstreamError`, so that callers (collectors, command workers) decide by
+its ``retriable`` flag instead of by websockets' exception classes.
 """
 
 from __future__ import annotations
@@ -48,14 +49,12 @@ def open_monitor(
     )
 
 
-@asynccontextmanager
-async def opened(connecting: connect) -> AsyncIterator[ClientConnection]:
-    """``async with opened(open_monitor(...)) as ws``: the socket, or an :class:`UpstreamError`
-    when it cannot be opened or fails while open: not retriable for a refused handshake (401,
-    403, 404) or a malformed URL, retriable for anything else (unreachable, timed out, busy,
-    unavailable, broken)."""
+async def connected(connecting: connect) -> ClientConnection:
+    """The socket ``connecting`` opens, or an :class:`UpstreamError`: not retriable for a
+    refused handshake (401, 403, 404) or a malformed URL, retriable for anything else
+    (unreachable, timed out, busy, unavailable)."""
     try:
-        ws = await connecting
+        return await connecting
     except InvalidStatus as exc:
         status = exc.response.status_code
         raise UpstreamError(
@@ -65,6 +64,13 @@ async def opened(connecting: connect) -> AsyncIterator[ClientConnection]:
         raise UpstreamError(type(exc).__name__, retriable=False) from exc
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         raise UpstreamError(type(exc).__name__, retriable=True) from exc
+
+
+@asynccontextmanager
+async def opened(connecting: connect) -> AsyncIterator[ClientConnection]:
+    """``async with opened(open_monitor(...)) as ws``: the socket (:func:`connected`), closed
+    on leaving; a failure while open is a retriable :class:`UpstreamError` too."""
+    ws = await connected(connecting)
     async with ws:
         try:
             yield ws
