@@ -240,12 +240,19 @@ class Monitor:
                 if reader.markers != markers:
                     ctx.metrics.markers.inc()
         except ConnectionClosed:
+            if reader.pending and not gate.is_set():
+                # Paused with a replay burst held: it cannot be published before the hand-over
+                # decides, and the socket may have closed because the conversation ended, after
+                # which no replay brings the burst again. A release stops this monitor here
+                # (the next owner, refused by the ended conversation, reports the gap); a
+                # resume publishes the burst below before the ending is decided.
+                await self._held()
             return frames
         finally:
             ctx.metrics.live_sockets.dec()
             if gate.is_set():
                 self._hand_on(reader.disconnected(), loop.time())
-            else:  # paused: a hand-over may have sent the history; the next replay has them
+            else:  # stopped while paused: the next owner's replay (or gap) has them
                 reader.discard()
 
     async def _held(self) -> None:

@@ -97,8 +97,10 @@ async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
     )
     monitors: list[Monitor] = []
 
-    async def start(history: bytes | None = None) -> tuple[Monitor, Socket]:
-        monitor = Monitor(ctx, "conv_1", None, history, lambda _m, _e: None)
+    async def start(
+        history: bytes | None = None, on_end: Callable[[Monitor, Any], None] = lambda _m, _e: None
+    ) -> tuple[Monitor, Socket]:
+        monitor = Monitor(ctx, "conv_1", None, history, on_end)
         monitors.append(monitor)
         monitor.start()
         await wait_for(lambda: upstream.sockets)
@@ -131,26 +133,50 @@ async def test_a_publish_stall_inside_a_replay_burst_is_no_quiet_spell(rig: Any)
     assert monitor.reader.size == len(FRAMES)
 
 
-async def test_a_burst_held_when_the_socket_is_lost_while_paused_stays_out_of_the_history(
+async def test_a_burst_held_when_the_socket_closes_while_paused_waits_for_the_hand_over(
     rig: Any,
 ) -> None:
     """While paused, the history is what a hand-over sends; frames held then were not
-    published, so they must not be recorded as seen, or their next replay drops them."""
+    published, so they must stay out of it. The close may be the conversation's end, after
+    which nothing replays them: they wait for the outcome, and a resume publishes them."""
     ctx, upstream, start = rig
-    monitor, sock = await start()
+    ended: list[Any] = []
+    monitor, sock = await start(on_end=lambda _m, ending: ended.append(ending))
     for frame in FRAMES[:2]:
         sock.frames.put_nowait(frame)
     await wait_for(lambda: sock.taken() and monitor.reader.pending)
     monitor.pause()
-    sock.frames.put_nowait(None)  # lost while the burst is held
-    await wait_for(lambda: not monitor.reader.pending)
-    assert monitor.reader.size == 0
-    assert ctx.publisher.records == 0
-    monitor.resume()  # the partition was kept: the next replay brings the frames again
-    await wait_for(lambda: len(upstream.sockets) == 2)
+    sock.close_code = 1000  # the conversation ended
+    sock.frames.put_nowait(None)
+    await asyncio.sleep(0.5)  # twice the quiet spell that closes a burst
+    assert monitor.reader.pending
+    assert monitor.reader.size == 0  # a hand-over now sends nothing of the burst
+    assert (ctx.publisher.records, ended, len(upstream.sockets)) == (0, [], 1)
+    monitor.resume()  # the partition was kept
+    await wait_for(lambda: ctx.publisher.records == 2, 5)
+    await wait_for(lambda: len(upstream.sockets) == 2)  # REST unreachable here: try again
     for frame in FRAMES[:2]:
         upstream.sockets[1].frames.put_nowait(frame)
-    await wait_for(lambda: ctx.publisher.records == 2, 5)
+    await wait_for(lambda: upstream.sockets[1].taken() and not monitor.reader.pending, 5)
+    assert ctx.publisher.records == 2  # the replay of the burst adds nothing
+
+
+async def test_a_monitor_stopped_while_paused_publishes_nothing_it_held(rig: Any) -> None:
+    """A release: the next owner's replay brings the held frames, or its refused connect
+    reports the gap; this monitor neither publishes them nor declares the conversation over."""
+    ctx, _, start = rig
+    ended: list[Any] = []
+    monitor, sock = await start(on_end=lambda _m, ending: ended.append(ending))
+    for frame in FRAMES[:2]:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: sock.taken() and monitor.reader.pending)
+    monitor.pause()
+    sock.close_code = 1000
+    sock.frames.put_nowait(None)
+    await asyncio.sleep(0.3)
+    await monitor.stop()
+    assert (ctx.publisher.records, monitor.reader.size, ended) == (0, 0, [])
+    assert not monitor.reader.pending
 
 
 async def test_a_cancellation_arriving_with_a_frame_stops_the_monitor(rig: Any) -> None:
