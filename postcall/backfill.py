@@ -118,6 +118,16 @@ class Tracker:
             return True
         return False
 
+    def missed(self, conversation_id: str) -> bool:
+        """A post-call webhook came for a conversation of which nothing is known after the
+        collectors' grace: it was missed whole. True (then it needs a verdict, as a gap) unless
+        a lifecycle record or an event of it has arrived meanwhile."""
+        if conversation_id in self.conversations:
+            return False
+        seen = self._get(conversation_id)
+        seen.gap = seen.ended = True
+        return True
+
     def settle(self, conversation_id: str, verdict: str) -> None:
         """A verdict was given: keep only that (the sets are no longer needed)."""
         seen = self._get(conversation_id)

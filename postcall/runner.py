@@ -8,12 +8,15 @@ conversation ends it first reads every topic up to its end at that moment (whate
 published before the ``ended`` record is then seen); if it had a gap (or a full replay on
 connect: ``Seen.suspect``) it then takes the transcript from a ``PostCall`` record when the
 webhook came first, else from REST once the status is ``done`` or ``failed`` (404 or no final
-status within ``--backfill-wait-seconds``: ``gapped``).
+status within ``--backfill-wait-seconds``: ``gapped``). A webhook for a conversation of which
+nothing is on the topics ``--unseen-seconds`` later was missed by every collector: it is
+reconciled as a gapped one (every turn republished).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -119,12 +122,28 @@ class Backfill:
             seen = self.tracker.conversations.get(cid)
             if seen is None or seen.verdict is None:  # kept only until the verdict
                 self.webhook_data[cid] = record["data"]
+            if seen is None:  # no collector reported it (yet)
+                self._spawn(self._unseen(cid, upstream))
         elif self.tracker.lifecycle(record):
-            task = asyncio.create_task(self._finish(cid, upstream))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._finish(cid, upstream))
         elif record.get("verdict"):
             self.webhook_data.pop(cid, None)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unseen(self, conversation_id: str, upstream: UpstreamClient) -> None:
+        """A webhook for a conversation no collector has reported. The collectors may only be
+        behind, so they get ``--unseen-seconds``; if still nothing is known of it then, it lived
+        and ended while none could discover it (an upstream outage, no collector running):
+        a gap, repaired from the transcript like any other."""
+        await asyncio.sleep(self.settings.webhook_unseen_seconds)
+        await self._catch_up()
+        if self.tracker.missed(conversation_id):
+            log.warning("conversation missed by every collector", conversation_id=conversation_id)
+            await self._finish(conversation_id, upstream)
 
     async def _finish(self, conversation_id: str, upstream: UpstreamClient) -> None:
         """Reconcile until it succeeds: the broker may be away for a while (same keys again)."""

@@ -52,3 +52,11 @@ class WebhookSettings(UpstreamSettings, OpsSettings):
         "verdict is given from what is there (gapped).",
         json_schema_extra=flag("--backfill-wait-seconds"),
     )
+    webhook_unseen_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long after its post-call webhook a conversation that no collector "
+        "reported is taken for missed whole (it lived and ended while none could discover "
+        "it) and repaired from the transcript.",
+        json_schema_extra=flag("--unseen-seconds"),
+    )

@@ -109,3 +109,29 @@ def test_a_full_replay_on_connect_makes_a_conversation_suspect() -> None:
     seen.tools.add("toolu_1")
     result = repair("c1", seen, DETAILS, "rest", now=0)
     assert (result.events, result.verdict) == ([], COMPLETE)
+
+
+def test_a_conversation_no_collector_reported_is_repaired_whole() -> None:
+    tracker = Tracker()
+    tracker.event(
+        {
+            **_live(
+                "user_transcript",
+                "user_transcription_event",
+                {"user_transcript": "hi", "event_id": 2},
+            ),
+            "conversation_id": "c2",
+        }
+    )
+    tracker.lifecycle({"conversation_id": "c3", "agent_id": "a1", "state": "discovered"})
+    assert not tracker.missed("c2")  # events of it arrived: its collector will end it
+    assert not tracker.missed("c3")  # discovered: its collector will end it
+    assert tracker.missed("c1")
+    seen = tracker.conversations["c1"]
+    assert seen.suspect
+    result = repair("c1", seen, DETAILS, "webhook", now=0)
+    assert result.verdict == REPAIRED
+    turns = ["agent_response", "agent_response", "user_transcript", "user_transcript"]
+    turns += ["interruption", "agent_response_correction", "agent_tool_response"]
+    assert sorted(e["type"] for e in result.events) == sorted(turns)
+    assert not tracker.missed("c1")  # asked again (a second webhook delivery): known now

@@ -204,3 +204,55 @@ async def test_outage_is_repaired_from_transcripts(
     assert "repaired" in verdicts.values()
     assert "complete" in verdicts.values()
     assert SECRET not in webhooks.log_text()
+
+
+async def test_conversations_no_collector_saw_are_repaired_whole(
+    kafka_broker: Any, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """No collector runs at all: every conversation is known only by its post-call webhook,
+    and after ``--unseen-seconds`` each is repaired whole from it (every turn republished)."""
+    prefix = f"u{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_broker.bootstrap, prefix=prefix)
+    hook_port = free_port()
+    gt = tmp_path / "gt.jsonl"
+    sim = await simulator_factory(
+        api_key=KEY, seed=23, conversations=3, duration=6, events_per_second=8, turns=4,
+        processing_seconds=0.2, ground_truth=gt,
+        webhook_url=f"http://127.0.0.1:{hook_port}/hook", webhook_secret=SECRET,
+    )  # fmt: skip
+    webhooks = CliProcess(
+        "webhooks",
+        {
+            "CONVOSTREAM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+            "CONVOSTREAM_TOPIC_PREFIX": prefix,
+            "CONVOSTREAM_UPSTREAM_URL": sim.url,
+            "CONVOSTREAM_API_KEY": KEY,
+            "CONVOSTREAM_WEBHOOK_SECRET": SECRET,
+            "CONVOSTREAM_WEBHOOK_HOST": "127.0.0.1",
+            "CONVOSTREAM_WEBHOOK_PORT": str(hook_port),
+            "CONVOSTREAM_WEBHOOK_UNSEEN_SECONDS": "2",
+        },
+        tmp_path,
+    )
+    webhooks.start()
+    try:
+        await sim.wait_finished(120)
+        generated = _generated(gt)
+        verdicts: Counter[str] = Counter()
+        deadline = time.monotonic() + 60
+        while set(verdicts) != set(generated) and time.monotonic() < deadline:
+            assert webhooks.alive(), webhooks.failure_text()
+            await asyncio.sleep(1.0)
+            verdicts = await _verdict_records(kafka_broker.bootstrap, prefix)
+        assert verdicts == Counter(dict.fromkeys(generated, 1))
+        lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
+        assert {r.value["verdict"] for r in lifecycle} == {"repaired"}
+        events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
+        republished: dict[str, Counter[str]] = defaultdict(Counter)
+        for record in events:
+            assert record.value["source"] == "backfill"
+            republished[record.value["conversation_id"]][TURN_TYPES[record.value["type"]]] += 1
+        assert republished == generated
+        assert "conversation missed by every collector" in webhooks.log_text()
+    finally:
+        webhooks.stop()
