@@ -424,7 +424,11 @@ async def test_status_moves_from_initiated_through_processing(simulator_factory:
             if not seen or seen[-1] != status["status"]:
                 seen.append(status["status"])
             await asyncio.sleep(0.05)
-    assert seen == ["initiated", "in-progress", "processing"]
+    # the status may turn "done" between the loop's check and its REST read
+    assert seen in (
+        ["initiated", "in-progress", "processing"],
+        ["initiated", "in-progress", "processing", "done"],
+    )
     _, listed = await rest(
         sim, "/v1/convai/conversations", params=[("exclude_statuses", "initiated")]
     )
