@@ -82,15 +82,28 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(runner())
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if not cancelled_by_signal:
-            log.error("main task cancelled without a stop signal; exiting as failed")
+            log.error("main task cancelled without a stop signal; exiting as failed", exc_info=exc)
             logs.flush()
             sys.exit(1)
     except readiness.Unreachable:
         sys.exit(EXIT_UNREACHABLE)
     except readiness.Refused as exc:
         raise ConfigError(str(exc)) from None
+
+
+async def unless_cancelled_here(awaitable: Awaitable[object]) -> None:
+    """Await ``awaitable``, letting a cancellation through only if it is this task's.
+
+    A close that awaits an internal task cancelled inside it (aiokafka's ``consumer.stop()``
+    during a rebalance, a monitor's own task) re-raises that cancellation in the caller; passed
+    on, it would cut a shutdown short before the steps after it (the producer's close)."""
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise
 
 
 def arm_stop_watchdog(timeout: float) -> None:

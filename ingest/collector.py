@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from convostream.logs import get_logger
 from convostream.ops import Health
+from convostream.runtime import unless_cancelled_here
 from ingest.discovery import IN_PROGRESS, RestClient
 from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.metrics import Metrics
@@ -172,7 +173,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._close_paused(set())
         if self.consumer is not None:
             with contextlib.suppress(KafkaError):
-                await self.consumer.stop()
+                await unless_cancelled_here(self.consumer.stop())
         if self.publisher is not None:
             await self.publisher.close(HANDOVER_TIMEOUT)
         await self.rest.close()

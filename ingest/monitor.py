@@ -30,6 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from convostream.logs import get_logger
+from convostream.runtime import unless_cancelled_here
 from ingest.discovery import ENDED, INITIATED, RestClient
 from ingest.frames import FrameReader, Released
 from ingest.lifecycle import record
@@ -153,11 +154,7 @@ class Monitor:
         """Close the socket; frames read but not yet handed on are left to the replay."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
+            await unless_cancelled_here(self.task)
 
     async def _run(self) -> None:
         ctx = self.ctx

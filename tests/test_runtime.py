@@ -48,3 +48,21 @@ def test_a_first_signal_lets_main_drain() -> None:
         await stop.wait()
 
     runtime.run_until_signal(main)
+
+
+async def test_a_close_cut_short_by_its_own_cancelled_task_does_not_cancel_the_caller() -> None:
+    inner = asyncio.create_task(asyncio.sleep(5))
+    inner.cancel()  # as aiokafka's consumer.stop() awaiting a coordinator task cancelled inside
+    await runtime.unless_cancelled_here(inner)  # no CancelledError: the shutdown goes on
+    assert inner.cancelled()
+
+
+async def test_a_cancellation_of_the_caller_still_propagates() -> None:
+    async def closing() -> None:
+        await runtime.unless_cancelled_here(asyncio.sleep(5))
+
+    task = asyncio.create_task(closing())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
