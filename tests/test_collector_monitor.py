@@ -133,22 +133,30 @@ async def test_a_publish_stall_inside_a_replay_burst_is_no_quiet_spell(rig: Any)
     assert monitor.reader.size == len(FRAMES)
 
 
-async def test_a_burst_held_when_the_socket_closes_while_paused_waits_for_the_hand_over(
-    rig: Any,
-) -> None:
-    """While paused, the history is what a hand-over sends; frames held then were not
-    published, so they must stay out of it. The close may be the conversation's end, after
-    which nothing replays them: they wait for the outcome, and a resume publishes them."""
-    ctx, upstream, start = rig
+async def _closed_while_paused(rig: Any) -> tuple[Monitor, list[Any]]:
+    """A monitor paused (a rebalance) with a replay burst held, whose socket then closes 1000
+    (the conversation ended); and the endings it reports."""
+    _, _, start = rig
     ended: list[Any] = []
     monitor, sock = await start(on_end=lambda _m, ending: ended.append(ending))
     for frame in FRAMES[:2]:
         sock.frames.put_nowait(frame)
     await wait_for(lambda: sock.taken() and monitor.reader.pending)
     monitor.pause()
-    sock.close_code = 1000  # the conversation ended
+    sock.close_code = 1000
     sock.frames.put_nowait(None)
     await asyncio.sleep(0.5)  # twice the quiet spell that closes a burst
+    return monitor, ended
+
+
+async def test_a_burst_held_when_the_socket_closes_while_paused_waits_for_the_hand_over(
+    rig: Any,
+) -> None:
+    """While paused, the history is what a hand-over sends; frames held then were not
+    published, so they must stay out of it. The close may be the conversation's end, after
+    which nothing replays them: they wait for the outcome, and a resume publishes them."""
+    ctx, upstream, _ = rig
+    monitor, ended = await _closed_while_paused(rig)
     assert monitor.reader.pending
     assert monitor.reader.size == 0  # a hand-over now sends nothing of the burst
     assert (ctx.publisher.records, ended, len(upstream.sockets)) == (0, [], 1)
@@ -164,16 +172,8 @@ async def test_a_burst_held_when_the_socket_closes_while_paused_waits_for_the_ha
 async def test_a_monitor_stopped_while_paused_publishes_nothing_it_held(rig: Any) -> None:
     """A release: the next owner's replay brings the held frames, or its refused connect
     reports the gap; this monitor neither publishes them nor declares the conversation over."""
-    ctx, _, start = rig
-    ended: list[Any] = []
-    monitor, sock = await start(on_end=lambda _m, ending: ended.append(ending))
-    for frame in FRAMES[:2]:
-        sock.frames.put_nowait(frame)
-    await wait_for(lambda: sock.taken() and monitor.reader.pending)
-    monitor.pause()
-    sock.close_code = 1000
-    sock.frames.put_nowait(None)
-    await asyncio.sleep(0.3)
+    ctx = rig[0]
+    monitor, ended = await _closed_while_paused(rig)
     await monitor.stop()
     assert (ctx.publisher.records, monitor.reader.size, ended) == (0, 0, [])
     assert not monitor.reader.pending
