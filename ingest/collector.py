@@ -41,6 +41,10 @@ log = get_logger("ingest.collector")
 HANDOVER_TIMEOUT = 10.0  # seconds to flush on a rebalance before giving partitions up anyway
 COMMIT_EVERY = 2.0
 BROKER_CALL_TIMEOUT = 2.0  # seconds a reading-loop pass waits for an offset answer
+# Lifecycle records read, or monitors checkpointed, between two turns of the event loop: a pass
+# over every monitor (a checkpoint each, and reading them all back) takes tens of milliseconds
+# for 1,000 of them, a stall that held every socket's frames back and set the latency tail.
+YIELD_EVERY = 100
 
 
 class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -273,8 +277,12 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         assert consumer is not None
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            handled = 0
             for tp, messages in batch.items():
                 for message in messages:
+                    handled += 1
+                    if handled % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
                     if message.value is None:
                         continue
                     try:
@@ -406,7 +414,11 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
         while True:
             await asyncio.sleep(self.settings.collector_checkpoint_interval)
             taken: dict[str, tuple[int, Outgoing | None, Outgoing | None]] = {}
-            for cid, monitor in self.monitors.items():
+            for n, (cid, monitor) in enumerate(list(self.monitors.items()), 1):
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                if self.monitors.get(cid) is not monitor:
+                    continue  # ended or released while the loop turned
                 snap = snapshots.get(cid)
                 if snap is not None and all(r is None or r.acked for r in snap[1:]):
                     start, size = monitor.checkpointed, snap[0]

@@ -34,6 +34,7 @@ Time is passed in (monotonic seconds), so every rule is testable without a clock
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass
 from statistics import median_low
 
@@ -56,6 +57,76 @@ def event_key(conversation_id: str, digest: bytes, occurrence: int) -> str:
     h.update(digest)
     h.update(occurrence.to_bytes(4, "big"))
     return h.hexdigest()
+
+
+class History:
+    """Every digest of a conversation in arrival order, and how many copies of each it holds.
+
+    Occurrences count over the whole conversation, so this grows with it, and per collector it
+    is the largest state there is: a ``dict`` of 16-byte keys costs about 100 bytes per frame.
+    Here a frame costs its 16 bytes in one ``bytearray`` plus about 8 bytes of index: an
+    open-addressing table (4-byte slots, at most half full) of the position of each text's first
+    copy, checked against the bytes in the history, so a lookup is exact. Texts seen more than
+    once, a minority, keep their count in a ``dict``.
+    """
+
+    __slots__ = ("_firsts", "_log", "_repeated", "_used")
+
+    def __init__(self) -> None:
+        self._log = bytearray()
+        self._firsts = array("I", bytes(4 * 16))  # first copy's position + 1; 0: empty slot
+        self._used = 0
+        self._repeated: dict[bytes, int] = {}  # copies of each text held more than once
+
+    def __len__(self) -> int:
+        return len(self._log) // DIGEST_SIZE
+
+    def digest_at(self, pos: int) -> bytes:
+        return bytes(self._log[pos * DIGEST_SIZE : (pos + 1) * DIGEST_SIZE])
+
+    def tail(self, start: int) -> bytes:
+        """The digests from frame ``start`` on, concatenated."""
+        return bytes(self._log[start * DIGEST_SIZE :])
+
+    def count(self, digest: bytes) -> int:
+        """Copies of ``digest`` held."""
+        n = self._repeated.get(digest)
+        if n is not None:
+            return n
+        return 1 if self._firsts[self._slot(digest)] else 0
+
+    def add(self, digest: bytes) -> int:
+        """Append one copy; returns the copies held before it (its occurrence)."""
+        n = self._repeated.get(digest)
+        if n is None:
+            slot = self._slot(digest)
+            if not self._firsts[slot]:
+                self._firsts[slot] = len(self) + 1
+                self._log += digest
+                self._used += 1
+                if 2 * self._used > len(self._firsts):
+                    self._grow()
+                return 0
+            n = 1
+        self._repeated[digest] = n + 1
+        self._log += digest
+        return n
+
+    def _slot(self, digest: bytes) -> int:
+        """The slot holding ``digest``'s first copy, or the empty slot where it would go."""
+        firsts, log = self._firsts, self._log
+        mask = len(firsts) - 1
+        i = hash(digest) & mask
+        while (at := firsts[i]) and not log.startswith(digest, (at - 1) * DIGEST_SIZE):
+            i = (i + 1) & mask
+        return i
+
+    def _grow(self) -> None:
+        old = self._firsts
+        self._firsts = array("I", bytes(8 * len(old)))
+        for at in old:
+            if at:
+                self._firsts[self._slot(self.digest_at(at - 1))] = at
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +158,10 @@ class ReplayFilter:
     __slots__ = (
         "_burst",
         "_burst_gap",
-        "_counts",
         "_exact",
         "_from_start",
+        "_history",
         "_last_at",
-        "_log",
         "_markers",
         "_repeats",
         "_replay_size",
@@ -110,8 +180,7 @@ class ReplayFilter:
         self._replay_size = replay_size
         self._burst_gap = burst_gap
         self._slack = slack
-        self._log = bytearray()  # every digest seen, arrival order
-        self._counts: dict[bytes, int] = {}
+        self._history = History()  # every digest seen, arrival order
         self._burst: list[tuple[bytes, int]] | None = None  # (digest, connection_seq)
         self._markers = False
         self._exact = False
@@ -170,11 +239,11 @@ class ReplayFilter:
     @property
     def size(self) -> int:
         """Frames in the history."""
-        return len(self._log) // DIGEST_SIZE
+        return len(self._history)
 
     def history(self, start: int = 0) -> bytes:
         """The digests seen from frame ``start`` on, concatenated (what :meth:`seed` takes)."""
-        return bytes(self._log[start * DIGEST_SIZE :])
+        return self._history.tail(start)
 
     def seed(self, history: bytes) -> None:
         """Start from another collector's history, before the first connection."""
@@ -210,15 +279,10 @@ class ReplayFilter:
     # ----- alignment --------------------------------------------------------------------------
     def _remember(self, digest: bytes) -> int:
         """Append to the history; returns the occurrence (earlier copies of the same text)."""
-        n = self._counts.get(digest, 0)
-        self._counts[digest] = n + 1
+        n = self._history.add(digest)
         if n:
             self._repeats = True
-        self._log += digest
         return n
-
-    def _digest_at(self, pos: int) -> bytes:
-        return bytes(self._log[pos * DIGEST_SIZE : (pos + 1) * DIGEST_SIZE])
 
     def _close_burst(self) -> Outcome:
         burst, exact = self._burst, self._exact
@@ -255,17 +319,18 @@ class ReplayFilter:
         for digest, _ in burst:
             j = used.get(digest, 0)
             used[digest] = j + 1
-            out.append(j < self._counts.get(digest, 0))
+            out.append(j < self._history.count(digest))
         return out
 
     def _match_window(self, burst: list[tuple[bytes, int]]) -> list[bool]:
         """Match burst copies to held copies that sit at the same place in the window."""
         slack = self._slack
-        size = self.size
+        history = self._history
+        size = len(history)
         first = max(0, size - self._replay_size - 2 * slack)
         where: dict[bytes, list[int]] = {}
         for pos in range(first, size):
-            where.setdefault(self._digest_at(pos), []).append(pos)
+            where.setdefault(history.digest_at(pos), []).append(pos)
         in_burst: dict[bytes, int] = {}
         for digest, _ in burst:
             in_burst[digest] = in_burst.get(digest, 0) + 1
@@ -275,7 +340,7 @@ class ReplayFilter:
         estimates = [
             where[d][0] - b
             for b, (d, _) in enumerate(burst)
-            if in_burst[d] == 1 and self._counts.get(d, 0) == 1 and d in where
+            if in_burst[d] == 1 and d in where and history.count(d) == 1
         ]
         estimates = [e for e in estimates if lowest <= e <= size]
         if estimates:
@@ -283,7 +348,7 @@ class ReplayFilter:
         else:  # only repeated texts overlap: the copies we hold fill the window's head
             held: dict[bytes, int] = {}
             for pos in range(max(0, size - len(burst) - slack), size):
-                d = self._digest_at(pos)
+                d = history.digest_at(pos)
                 held[d] = held.get(d, 0) + 1
             overlap = sum(min(n, held.get(d, 0)) for d, n in in_burst.items())
             start = size - overlap
@@ -301,7 +366,7 @@ class ReplayFilter:
                 i += 1  # held copy well before this one's place: an earlier occurrence
             hit = i < len(spots) and spots[i] - start <= b + slack
             if hit:
-                if spots[i] < start and (in_burst[digest] > 1 or self._counts[digest] > 1):
+                if spots[i] < start and (in_burst[digest] > 1 or history.count(digest) > 1):
                     self.ambiguous += 1  # a repeated text matched across the window's edge
                 i += 1
             cursor[digest] = i

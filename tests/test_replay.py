@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.replay import REPLAY_SIZE, ReplayFilter, event_key, frame_digest
+from ingest.replay import DIGEST_SIZE, REPLAY_SIZE, History, ReplayFilter, event_key, frame_digest
 
 CID = "c1"
 
@@ -279,3 +279,23 @@ def test_keys_are_the_same_for_any_collector_that_saw_the_same_frames() -> None:
     keys = [event_key(CID, frame_digest(t.encode()), n) for t, n in a.published]
     assert a.published == b.published
     assert len(set(keys)) == 300
+
+
+@given(
+    texts=st.lists(st.integers(0, 3000), max_size=2500),
+    probes=st.lists(st.integers(0, 3500), max_size=50),
+)
+@settings(max_examples=50, deadline=None)
+def test_history_counts_every_copy_of_every_text(texts: list[int], probes: list[int]) -> None:
+    """The compact index agrees with a plain counter, across its growths, for held and unheld
+    texts, and the history keeps every digest in order."""
+    history = History()
+    seen: Counter[int] = Counter()
+    for text in texts:
+        assert history.add(frame_digest(str(text).encode())) == seen[text]
+        seen[text] += 1
+    for text in [*texts, *probes]:
+        assert history.count(frame_digest(str(text).encode())) == seen[text]
+    assert len(history) == len(texts)
+    assert history.tail(0) == b"".join(frame_digest(str(t).encode()) for t in texts)
+    assert len(history.tail(len(texts) // 2)) == (len(texts) - len(texts) // 2) * DIGEST_SIZE

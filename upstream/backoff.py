@@ -9,6 +9,10 @@ from __future__ import annotations
 import random
 from email.utils import parsedate_to_datetime
 
+# One generator for every Backoff that is given none: a random.Random holds 2.5 KB of state,
+# which per monitor socket (one Backoff each) adds up to megabytes.
+_SHARED = random.Random()
+
 
 class Backoff:
     """Delays for successive failures: uniform in [base/2, min(max, base * 2**n)]."""
@@ -19,7 +23,7 @@ class Backoff:
         self.base = base
         self.maximum = maximum
         self.failures = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED
 
     def next_delay(self) -> float:
         cap = min(self.maximum, self.base * (2 ** min(self.failures, 30)))
