@@ -10,7 +10,8 @@
 A check returns ``None`` when the dependency answers, else a short reason that names no secret
 (a registry URL may carry credentials, so it is never part of a reason). A broker that refuses
 the component's credentials or certificate raises :class:`Refused` instead: waiting would not
-help, so the component exits at once with code 2 (bad configuration).
+help, so the component exits at once with code 2 (bad configuration). So does a group session
+the broker will refuse (:func:`session_refusal`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TypeVar
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
@@ -53,7 +55,8 @@ class Unreachable(Exception):
 
 
 class Refused(Exception):
-    """The broker answered but refused the credentials or the TLS handshake."""
+    """The broker answered but refused the credentials or the TLS handshake, or will refuse
+    every group join."""
 
 
 _REFUSALS = (
@@ -112,6 +115,50 @@ async def refusal(
     return None
 
 
+SESSION_LIMITS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
+
+
+async def session_refusal(settings: CommonSettings, timeout: float = CHECK_TIMEOUT) -> str | None:
+    """Why every group join will be refused for its session timeout, None if it will not be or
+    the broker does not say.
+
+    Kafka refuses a JoinGroup whose session lies outside ``group.min.session.timeout.ms`` ..
+    ``group.max.session.timeout.ms`` (InvalidSessionTimeoutError): an aiokafka consumer then
+    fails deep in its start with a traceback, and Faust's consumer retries for ever while the
+    worker looks alive. One DescribeConfigs of a broker at start turns that into an error that
+    names the setting. A broker that does not answer it (no DESCRIBE_CONFIGS right, a broker
+    without the API) is not checked.
+    """
+    session = settings.group_session_timeout_ms
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+        **settings.kafka_security().client_kwargs(),
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            node = (await admin.describe_cluster())["brokers"][0]["node_id"]
+            wanted = dict.fromkeys(SESSION_LIMITS)
+            resource = ConfigResource(ConfigResourceType.BROKER, str(node), wanted)
+            responses = await admin.describe_configs([resource])
+        entries = {e[0]: e[1] for r in responses for res in r.resources for e in res[4]}
+        low, high = (int(entries[name]) for name in SESSION_LIMITS)
+    except (KafkaError, OSError, TimeoutError, LookupError, TypeError, ValueError) as exc:
+        log.debug("group session limits not readable; not checked", error=type(exc).__name__)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    if low <= session <= high:
+        return None
+    return (
+        f"CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS={session} is outside the {low}..{high} ms the "
+        f"broker accepts ({SESSION_LIMITS[0]} .. {SESSION_LIMITS[1]}): it would refuse every "
+        "consumer-group join"
+    )
+
+
 async def registry_problem(
     url: str, access: RegistryAccess = ANONYMOUS, timeout: float = CHECK_TIMEOUT
 ) -> str | None:
@@ -158,7 +205,8 @@ async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | Non
 async def dependencies_ready(settings: CommonSettings, stop: asyncio.Event) -> bool:
     """Wait until every dependency answers: True, or False when stopped first.
 
-    Raises :class:`Unreachable` once ``settings.startup_timeout`` has passed.
+    Raises :class:`Unreachable` once ``settings.startup_timeout`` has passed, and
+    :class:`Refused` when the broker will refuse the group session (:func:`session_refusal`).
     """
     deadline = time.monotonic() + settings.startup_timeout
     for name, check in checks(settings).items():
@@ -199,6 +247,10 @@ async def dependencies_ready(settings: CommonSettings, stop: asyncio.Event) -> b
                 log.info("stopped while waiting for a dependency", dependency=name)
                 return False
             delay = min(delay * 2, LONGEST_RETRY)
+    if settings.broker_compat != "tansu":  # Tansu drops the connection on DescribeConfigs
+        refused = await session_refusal(settings)
+        if refused is not None:
+            raise Refused(refused)
     return True
 
 

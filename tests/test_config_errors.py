@@ -8,8 +8,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from convostream.broker import free_port
 
 SECRET = "pw-that-must-not-show"
 
@@ -142,4 +145,48 @@ def test_operations_port_in_use_is_a_start_up_error(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert f"CONVOSTREAM_METRICS_PORT / --metrics-port: cannot listen on {port}" in output
+    assert "Traceback" not in output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP_COMPONENTS = [
+    ("collect", {"CONVOSTREAM_UPSTREAM_URL": "http://127.0.0.1:9"}, []),
+    ("process", {}, []),
+    (
+        "command-worker",
+        {"CONVOSTREAM_COMMANDS_KEYS": '{"ops": "' + "s" * 32 + '"}'},
+        ["--policy-file", str(ROOT / "deploy/compose/commands-policy.json")],
+    ),
+    (
+        "rules",
+        {"CONVOSTREAM_COMMANDS_KEY": "s" * 32},
+        ["--rules-file", str(ROOT / "deploy/rules/example.yaml"), "--issuer", "ops"],
+    ),
+]
+
+
+@pytest.mark.kafka_only
+@pytest.mark.parametrize(("command", "env", "args"), GROUP_COMPONENTS)
+def test_a_session_the_broker_refuses_is_a_start_up_error(
+    command: str, env: dict[str, str], args: list[str], kafka_broker: Any, tmp_path: Path
+) -> None:
+    """Apache Kafka refuses group sessions beyond group.max.session.timeout.ms (30 min by
+    default): before the check, aiokafka components died with a traceback and the processor
+    retried the join for ever."""
+    session = "1900000"
+    result = run(
+        command,
+        {
+            "CONVOSTREAM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+            "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": session,
+            "CONVOSTREAM_METRICS_PORT": str(free_port()),
+            **env,
+        },
+        args,
+        tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS={session} is outside" in output, output
+    assert "group.max.session.timeout.ms" in output
     assert "Traceback" not in output
