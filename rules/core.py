@@ -190,6 +190,7 @@ class Evaluator:
                 by_type.setdefault(kind, []).append(rule)
         self.by_type = {k: tuple(v) for k, v in by_type.items()}
         self.timed = tuple(r for r in self.rules if r.kind != "count")
+        self.by_channel = tuple(r for r in self.rules if r.channel is not None)
 
     def observe(self, event: RuleEvent) -> Evaluation:
         """Evaluate one event; returns the rules it matched and the fires it caused."""
@@ -316,10 +317,12 @@ class Evaluator:
         state = self.states.get(conversation)
         if state is None or state.chat is not None:
             return False
+        matches = state.matches
+        # the few rules with a channel condition, not every rule the conversation matched:
+        # this runs for every matching event
         return any(
-            rule.channel is not None and _count_reached(rule, keys)
-            for name, keys in state.matches.items()
-            if (rule := self.by_name.get(name)) is not None
+            (keys := matches.get(rule.name)) is not None and _count_reached(rule, keys)
+            for rule in self.by_channel
         )
 
     def set_channel(self, conversation: str, chat: bool) -> list[Fire]:
