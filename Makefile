@@ -33,12 +33,13 @@ demo: install
 # then the 3-broker failover test. Each suite prints its wall time.
 test: install lint test-tansu test-kafka test-cluster
 
+# --durations: each suite ends with its 15 slowest tests (CI's time budget is 30 minutes).
 test-tansu: install
-	@start=$$(date +%s); $(BIN)/pytest --broker tansu; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/pytest --broker tansu --durations=15; rc=$$?; \
 	echo "tansu suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-kafka: install bench-install
-	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m "not cluster"; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m "not cluster" --durations=15; rc=$$?; \
 	echo "kafka suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # A 3-broker Kafka cluster losing a broker, a collector and a processor worker mid-run.
