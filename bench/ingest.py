@@ -248,6 +248,7 @@ async def raw_loop(seconds: float, offered: float) -> Window:
     the window waits until the loop has caught up with the source (:func:`caught_up`)."""
     import aiohttp
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
     from fastavro import schemaless_writer
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -336,7 +337,14 @@ async def raw_loop(seconds: float, offered: float) -> Window:
                     "payload": ("convostream.RawPayload", {"type": frame["type"], "data": ""}),
                 },
             )
-            fut = await producer.send(topic, buf.getvalue(), key=cid.encode())
+            # aiokafka's buffer full for a whole request timeout (10,000 opening replays fill
+            # it): wait and offer again, as the collector's back-pressure does
+            while True:
+                try:
+                    fut = await producer.send(topic, buf.getvalue(), key=cid.encode())
+                    break
+                except KafkaTimeoutError:
+                    await asyncio.sleep(0.1)
             sent += 1
             fut.add_done_callback(on_ack(born))
 
