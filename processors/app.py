@@ -33,7 +33,8 @@ touches to a :class:`~processors.plans.Plan`; this module reads the batch, loads
 and hands the plan to :func:`processors.plans.apply` (outputs, then table writes, then
 metrics). Both stages ack a batch only after its plan is applied, and a commit first waits
 until every table write is stored (:func:`processors.faust_glue.complete_flush`), so a
-committed offset always lies behind state that is in the changelog.
+committed offset always lies behind state that is in the changelog; after a crash the local
+stores are rebuilt from the changelogs alone (:mod:`processors.local_state`).
 States are idempotent (re-applying events changes nothing; re-forwarded events are dropped by
 source offset), so replaying what came after the last commit is harmless: at-least-once
 delivery gives exactly-once results.
@@ -108,8 +109,8 @@ def _replication(settings: ProcessorSettings) -> dict[str, Any]:
     default) and Faust's recovery consistency check. With ``CONVOSTREAM_BROKER_COMPAT=tansu``
     (one node, in memory): one replica and no standby; and no consistency check, because after
     a SIGKILL the local RocksDB may record a changelog offset beyond the highwater Tansu
-    reports and Faust would refuse to start (a store ahead of its changelog only holds events
-    replayed anyway, as their source offsets were not committed, and states are idempotent).
+    reports and Faust would refuse to start (such a store is discarded at the next start
+    anyway: :mod:`processors.local_state`).
     """
     if settings.tansu:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -46,10 +47,12 @@ def process(**values: Any) -> None:
     import faust
 
     from processors.app import Processor
+    from processors.local_state import discard_after_crash, mark_orderly_stop
     from processors.sink import open_sink
 
     sink = open_sink(settings.database_url)
     processor = Processor(settings, sink, metrics)
+    discard_after_crash(settings.processor_data_dir, Path(processor.app.conf.tabledir))
     processor.app.service(HealthService(processor.app, health, settings, sink))  # type: ignore[arg-type]
     if settings.processor_window_retention_days:
         from processors.retention import RetentionService
@@ -71,4 +74,9 @@ def process(**values: Any) -> None:
     worker = Worker(processor.app, loglevel=settings.log_level, override_logging=False, quiet=True)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        if stop.code in (0, None) and not processor.app.crashed:
+            mark_orderly_stop(settings.processor_data_dir)
+        raise

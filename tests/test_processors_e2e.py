@@ -140,6 +140,8 @@ async def test_sql_rows_equal_independent_computation(
         assert all(w.value["final"] for w in windows)
     finally:
         assert processor.stop() == 0, processor.failure_text()
+    # an orderly stop keeps the local table stores for the next start (processors.local_state)
+    assert (tmp_path / "state" / "orderly-stop").exists()
 
 
 async def test_sigkilled_processor_resumes_with_identical_rows(
@@ -219,6 +221,7 @@ async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
         killed = runs["killed"]
         assert killed.alive(), killed.failure_text()
         killed.kill()
+        stores = (tmp_path / "state-killed" / "v1" / "tables").exists()
         await asyncio.sleep(DOWNTIME)
         killed.start()
         await sim.wait_finished(180)
@@ -240,6 +243,8 @@ async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
             assert sqlite_rows(tmp_path / f"{name}.db") == expected, name
         clean = sqlite_windows(tmp_path / "clean.db")
         assert _windows_done(clean, total)
+        # killed with its stores open: rebuilt from the changelogs (processors.local_state)
+        assert not stores or "local table stores discarded" in killed.log_text()
         assert sqlite_windows(tmp_path / "killed.db") == clean
         on_topic: dict[tuple[str, int], dict[bytes, dict[str, Any]]] = {}
         for record in await read_topic(
