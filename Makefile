@@ -34,8 +34,11 @@ demo: install
 test: install lint test-tansu test-kafka test-cluster
 
 # --durations: each suite ends with its 15 slowest tests (CI's time budget is 30 minutes).
+# The Tansu suite runs the tests that need no broker or server on both cores (pytest-xdist),
+# then the integration tests one at a time: they time processes against each other.
 test-tansu: install
-	@start=$$(date +%s); $(BIN)/pytest --broker tansu --durations=15; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/pytest --broker tansu -m "not integration" -n 2 --dist loadfile --durations=15 \
+	&& $(BIN)/pytest --broker tansu -m integration --durations=15; rc=$$?; \
 	echo "tansu suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-kafka: install bench-install
@@ -53,7 +56,7 @@ lint: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -m "not integration" -n 2 --dist loadfile
 
 bench: install bench-install
 	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from convostream import kafka_compat
 from convostream.broker import BrokerProcess, EmbeddedBroker
@@ -30,6 +31,12 @@ KAFKA_TEST_PROPERTIES = {
     "group.min.session.timeout.ms": "1000",
     "group.initial.rebalance.delay.ms": "0",  # the first join completes at once
 }
+
+
+# Property tests check outcomes, not speed: on a loaded machine (CI's two cores shared by two
+# xdist workers) Hypothesis's 200 ms per-example deadline would fail correct code.
+settings.register_profile("convostream", deadline=None)
+settings.load_profile("convostream")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,15 +62,17 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tansu session: everything but ``kafka_only``. Kafka session: every test that uses the
     session broker or engine (directly or through another fixture) and the ``kafka_only``
-    ones; the rest does not depend on the broker and ran in the Tansu session."""
+    ones, but not the ``tansu_only`` variants; the rest does not depend on the broker and ran
+    in the Tansu session."""
     kafka = config.getoption("--broker") == "kafka"
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
         own_kafka = item.get_closest_marker("kafka_only") is not None
+        own_tansu = item.get_closest_marker("tansu_only") is not None
         fixtures = getattr(item, "fixturenames", ())
         uses_broker = "kafka_broker" in fixtures or "broker_engine" in fixtures
-        wanted = (uses_broker or own_kafka) if kafka else not own_kafka
+        wanted = (uses_broker or own_kafka) and not own_tansu if kafka else not own_kafka
         (keep if wanted else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -110,7 +110,11 @@ async def test_independent_client_reads_keys_partitions_and_values(
     topic = MONITOR_EVENTS.full_name(prefix)
     await create_topics(kafka_broker.bootstrap, prefix=prefix)
     sim = await simulator_factory(
-        api_key=KEY, seed=21, conversations=24, ground_truth=tmp_path / "truth.jsonl"
+        api_key=KEY,
+        seed=21,
+        conversations=24,
+        events_per_second=6,  # the frames, not their pace, are under test
+        ground_truth=tmp_path / "truth.jsonl",
     )
     collector = CollectorProcess(
         "c0",
