@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from convostream.broker import partitions_of
 from schemas.serde import Serde
@@ -77,9 +78,8 @@ async def fence(bootstrap: str, topic: str) -> None:
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, serde: Serde = SERDE) -> list[Record]:
-    """Every record of ``topic`` (fenced first), decoded, in offset order; tombstones skipped."""
-    await fence(bootstrap, topic)
+async def raw_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` as stored (tombstones skipped), in partition and offset order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
@@ -87,23 +87,24 @@ async def read_topic(bootstrap: str, topic: str, serde: Serde = SERDE) -> list[R
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        out: list[Record] = []
+        out: list[ConsumerRecord[bytes, bytes]] = []
         while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset < ends[tp] and m.value is not None:
-                        out.append(
-                            Record(
-                                tp.partition,
-                                m.offset,
-                                (await serde.resolve(m.value)).record,
-                                m.value,
-                            )
-                        )
-        return sorted(out, key=lambda r: (r.partition, r.offset))
+                out += [m for m in messages if m.offset < ends[tp] and m.value is not None]
+        return sorted(out, key=lambda m: (m.partition, m.offset))
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, serde: Serde = SERDE) -> list[Record]:
+    """Every record of ``topic`` (fenced first), decoded, in offset order; tombstones skipped."""
+    await fence(bootstrap, topic)
+    return [
+        Record(m.partition, m.offset, (await serde.resolve(m.value)).record, m.value)
+        for m in await raw_records(bootstrap, topic)
+        if m.value is not None
+    ]
 
 
 def ground_truth(path: Path) -> list[dict[str, Any]]:

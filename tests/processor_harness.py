@@ -17,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from convostream.broker import free_port
+from processors import forward
 from processors.sink import CONVERSATION_COLUMNS, WINDOW_COLUMNS
 from schemas.serde import Serde
 from schemas.topics import CONVERSATIONS, MONITOR_EVENTS
 from tests.cli_process import CliProcess
-from tests.collector_harness import SERDE, CollectorProcess, collector_env, read_topic
+from tests.collector_harness import (
+    SERDE,
+    CollectorProcess,
+    collector_env,
+    raw_records,
+    read_topic,
+)
 
 # The columns the test computes itself (all but the row's own write time).
 SQL_COLUMNS = tuple(c for c in CONVERSATION_COLUMNS if c != "updated_at")
@@ -208,3 +215,17 @@ def sqlite_windows(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
         return {}
     finally:
         conn.close()
+
+
+async def forwarded_events(bootstrap: str, topic: str) -> dict[tuple[int, int], tuple[str, str]]:
+    """What a processor's conversation stage handed to its window stage (its internal
+    ``<app id>-agent-events`` topic): (source partition, offset) -> (agent, event type), to say
+    where a window lost events."""
+    out: dict[tuple[int, int], tuple[str, str]] = {}
+    for message in await raw_records(bootstrap, topic):
+        if message.key is None:  # a progress tick
+            continue
+        agent, _, events = forward.decode(message.value)
+        for event, _ in events:
+            out.setdefault((event.source_partition, event.offset), (agent, event.type))
+    return out

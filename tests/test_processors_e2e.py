@@ -19,6 +19,7 @@ from tests.collector_harness import CollectorProcess, collector_env, read_topic
 from tests.processor_harness import (
     ProcessorProcess,
     expected_from_topics,
+    forwarded_events,
     pipeline,
     processor_env,
     sqlite_rows,
@@ -167,6 +168,22 @@ def _differing_fields(records: dict[bytes, dict[str, Any]]) -> list[str]:
 DOWNTIME = 42.0
 
 
+async def _unforwarded(bootstrap: str, prefix: str) -> str:
+    """Where the windows of the two runs part: events one run's window stage never got."""
+    sent = {
+        name: await forwarded_events(bootstrap, f"{prefix}{name}-agent-events")
+        for name in ("clean", "killed")
+    }
+    only = {
+        name: sorted(set(sent[name]) - set(sent[other]))
+        for name, other in (("clean", "killed"), ("killed", "clean"))
+    }
+    return "; ".join(
+        f"forwarded only by the {name} run: {len(keys)}, first {keys[:10]}"
+        for name, keys in only.items()
+    )
+
+
 def _windows_done(rows: dict[tuple[str, str], dict[str, Any]], total: int) -> bool:
     """Every window final, and every event in a window or counted late."""
     counted = sum(r["events_total"] + r["late_events"] for r in rows.values())
@@ -245,7 +262,9 @@ async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
         assert _windows_done(clean, total)
         # killed with its stores open: rebuilt from the changelogs (processors.local_state)
         assert not stores or "local table stores discarded" in killed.log_text()
-        assert sqlite_windows(tmp_path / "killed.db") == clean
+        assert sqlite_windows(tmp_path / "killed.db") == clean, await _unforwarded(
+            kafka_broker.bootstrap, prefix
+        )
         on_topic: dict[tuple[str, int], dict[bytes, dict[str, Any]]] = {}
         for record in await read_topic(
             kafka_broker.bootstrap, METRICS_AGENT_WINDOWS.full_name(prefix)
