@@ -18,15 +18,17 @@ and stream per message) costs more than all of the metric work, so the hot topic
    ``conversations`` table (changelogged). The fetch wait is shortened (see
    :func:`processors.faust_glue.shorten_fetch_wait`): it, not the work, set the SQL latency
    tail.
-2. the ``agent-windows`` agent (an ordinary Faust agent with ``take_events``: its topic carries
-   one record per agent and batch) reads that internal topic into per-agent window state
-   (:mod:`processors.windows`), routes late events to ``convai.events.late``, and emits final
-   windows to ``convai.metrics.agent-windows`` and SQL. Every worker sends one tick per
-   internal partition every second, reporting the source partitions it has forwarded up to
-   their high-water marks; idle windows close by the least such time over all source
-   partitions (:class:`processors.windows.SourceProgress`), inside the stream, where the table
-   knows which partition it writes to. A restarted or lagging worker thus holds idle closing
-   back until it has caught up instead of turning its backlog into late events.
+2. the agent-keyed internal topic (one record per agent and batch) is fetched the same way,
+   not through a Faust agent (whose stream queues Faust empties when recovery resumes the
+   flow, dropping what was fetched meanwhile: see :func:`~processors.faust_glue.replace_drain`).
+   Each batch of it is folded into per-agent window state (:mod:`processors.windows`); late
+   events go to ``convai.events.late``, final windows to ``convai.metrics.agent-windows`` and
+   SQL. Every worker sends one tick per internal partition every second, reporting the source
+   partitions it has forwarded up to their high-water marks; idle windows close by the least
+   such time over all source partitions (:class:`processors.windows.SourceProgress`), in the
+   batch of the internal partition the tick is on, where the table knows which partition it
+   writes to. A restarted or lagging worker thus holds idle closing back until it has caught
+   up instead of turning its backlog into late events.
 
 Each stage is a fold without I/O (:mod:`processors.stages`) from the batch and the states it
 touches to a :class:`~processors.plans.Plan`; this module reads the batch, loads the states
@@ -69,7 +71,13 @@ from processors.events import (
     HeadReader,
     from_record,
 )
-from processors.faust_glue import check_versions, complete_flush, raw_table, replace_drain
+from processors.faust_glue import (
+    BatchHandler,
+    check_versions,
+    complete_flush,
+    raw_table,
+    replace_drain,
+)
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
 from processors.metrics import ProcessorMetrics
@@ -271,18 +279,20 @@ class Processor:
         self._forwarded: dict[Any, int] = {}  # source partition -> last offset handed on
         self._live: dict[str, set[str]] = defaultdict(set)
         self._lag: dict[Any, int] = {}
-        app.topics.add(self.source)  # subscribed and acked by Faust, fetched by replace_drain
+        # subscribed and acked by Faust, fetched and handed to the stages by replace_drain
+        app.topics.add(self.source)
+        app.topics.add(self.forward_topic)
         self.monitor_topic_name = MONITOR_EVENTS.full_name(prefix)
+        handlers: dict[str, BatchHandler] = dict.fromkeys(self.source.topics, self._source_batch)
+        handlers[self.forward_topic.get_topic_name()] = self._window_batch
         replace_drain(
             app,
-            self.source.topics,
-            self._source_batch,
+            handlers,
             ready=self.sink_service.ready,
             fetch_wait_ms=settings.fetch_wait_ms(settings.processor_fetch_wait_ms),
         )
         # table writes reach the changelog before the offsets of their events are committed
         complete_flush(app.producer.buffer)
-        app.agent(self.forward_topic, name="agent-windows")(self._window_agent)
         app.timer(1.0)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         processor = self
@@ -471,17 +481,6 @@ class Processor:
         position = consumer._read_offset[tp]  # set by the seek to the committed offset
         return bool(highwater == 0 or (position is not None and position >= highwater))
 
-    async def _window_agent(self, stream: Any) -> None:
-        await self.sink_service.ready.wait()
-        async for batch in stream.take_events(
-            self.settings.processor_batch_size, within=self.settings.processor_flush_seconds
-        ):
-            started = time.perf_counter()
-            await self._window_batch(batch)
-            self.metrics.batch_seconds.labels("agent_windows").observe(
-                time.perf_counter() - started
-            )
-
     def _agent(self, agent_id: str, event: Any) -> AgentWindows:
         state = self._agent_cache.get(agent_id)
         if state is None:
@@ -510,32 +509,32 @@ class Processor:
         return progress
 
     async def _window_batch(self, batch: list[Any]) -> None:
-        """Read the batch and the states it touches (a tick: every agent of its partition),
-        fold it, apply the plan."""
+        """One ``getmany`` batch of the agent-keyed topic, acked by ``replace_drain`` after."""
+        started = time.perf_counter()
         items: list[stages.Tick | stages.AgentBatch] = []
         agents: dict[str, AgentWindows] = {}
         index: dict[int, set[str]] = {}
         progress: dict[int, SourceProgress] = {}
-        routes: dict[int, Any] = {}  # table partition -> an event of it
-        for fe in batch:
-            message = fe.message
+        routes: dict[int, _Source] = {}  # table partition -> a message of it
+        for message in batch:
             partition = message.partition
-            routes[partition] = fe
-            members = index[partition] = self._index(partition, fe)
+            source = routes[partition] = _Source(message)
+            members = index[partition] = self._index(partition, source)
             if message.key is None:
-                progress[partition] = self._source_progress(partition, fe)
+                progress[partition] = self._source_progress(partition, source)
                 for agent_id in members:
-                    agents[agent_id] = self._agent(agent_id, fe)
+                    agents[agent_id] = self._agent(agent_id, source)
                 items.append(stages.Tick(partition, forward.decode_tick(message.value or b"")))
                 continue
             agent_id, sent_at, events = forward.decode(message.value)
-            agents[agent_id] = self._agent(agent_id, fe)
+            agents[agent_id] = self._agent(agent_id, source)
             items.append(stages.AgentBatch(partition, agent_id, sent_at, events))
         states = stages.WindowStates(agents, index, progress)
         plan = stages.window_stage(
             items, states, self.window_config, now_micros(), self.serde.encode
         )
         await plans.apply(plan, _BatchSinks(self, routes))
+        self.metrics.batch_seconds.labels("agent_windows").observe(time.perf_counter() - started)
 
     # --- lookups -----------------------------------------------------------------------------
 

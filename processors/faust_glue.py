@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from importlib.metadata import version
 from typing import Any
@@ -156,27 +156,34 @@ def shorten_fetch_wait(consumer: Any, wait_ms: int) -> None:
 
 def replace_drain(
     app: faust.App,
-    topics: Collection[str],
-    handle: BatchHandler,
+    handlers: Mapping[str, BatchHandler],
     *,
     ready: asyncio.Event,
     fetch_wait_ms: int,
 ) -> None:
-    """Hand each ``getmany`` batch of ``topics`` to ``handle`` whole; other topics go through
-    Faust's per-message path.
+    """Hand each ``getmany`` batch to the handler of its topic (``handlers``: topic name ->
+    handler), whole and one topic group after another; other topics (the changelogs) go
+    through Faust's per-message path.
+
+    No handled topic goes through Faust's streams: ``FlowControlEvent.resume()`` empties the
+    stream queues, and Faust calls it again once recovery has sought the stream partitions, so
+    records fetched in between were dropped unprocessed. Seen: a restarted worker lost the
+    forwarded events its previous life had not windowed yet, while later records moved its
+    read offset past them. A stream also acks, unprocessed, a message it skips as belonging to
+    an older generation.
 
     Kept from Faust's loop: messages before the read offset (re-fetched after a seek) are
     dropped, holes in the offsets (compaction, transaction markers) are recorded as gaps so
     commits can pass them, and batch messages are tracked as unacked, so a rebalance or a
     shutdown (``Consumer.wait_empty``) waits until the batch in flight is handled and acked
     (tracking its last message is enough for that, and costs one WeakSet entry per batch).
-    A batch is acked only after ``handle`` returns. ``ready`` is awaited before the first batch
-    is handled, not before the loop: table recovery after a restart reads the changelogs
+    A batch is acked only after its handler returns. ``ready`` is awaited before the first
+    batch is handled, not before the loop: table recovery after a restart reads the changelogs
     through this loop (the per-message path) and the services start after it.
     """
     consumer: Any = app.consumer  # Consumer internals, not on the ConsumerT interface
     _require(consumer, _CONSUMER_ATTRIBUTES, type(consumer).__name__)
-    batched = frozenset(topics)
+    order = list(dict.fromkeys(handlers.values()))  # each handler once, in the given order
 
     async def drain(fetcher: Any) -> None:
         _require(fetcher, ("_stopped",), type(fetcher).__name__)
@@ -188,7 +195,7 @@ def replace_drain(
         try:
             while not (stopped() or fetcher_stopped()):
                 await asyncio.sleep(0)  # getmany may not yield to the loop on its own
-                batch = []
+                batches: dict[BatchHandler, list[Any]] = {}
                 async for tp, message in consumer.getmany(timeout=1.0):
                     offset = read_offsets[tp]
                     if offset is not None:
@@ -197,12 +204,17 @@ def replace_drain(
                         if message.offset - offset > 1:
                             await consumer._add_gap(tp, offset + 1, message.offset)
                     read_offsets[tp] = message.offset
-                    if tp.topic in batched:
-                        batch.append(message)
+                    handle = handlers.get(tp.topic)
+                    if handle is not None:
+                        batches.setdefault(handle, []).append(message)
                     else:
                         await consumer.callback(message)
-                if batch:
+                if batches:
                     await ready.wait()
+                for handle in order:
+                    batch = batches.get(handle)
+                    if not batch:
+                        continue
                     last = batch[-1]  # one tracked message keeps wait_empty waiting
                     unacked.add(last)
                     try:

@@ -56,12 +56,6 @@ class ProcessorSettings(OpsSettings):
     processor_batch_size: int = Field(
         5000, ge=1, description="Most events handled (and emitted, written) as one batch."
     )
-    processor_flush_seconds: float = Field(
-        0.5,
-        gt=0,
-        description="Longest wait for a batch to fill: metrics are emitted at most this often "
-        "per conversation under light load.",
-    )
     processor_replication_factor: int | None = Field(
         None,
         ge=1,
