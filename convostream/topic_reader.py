@@ -1,11 +1,13 @@
 """Reading whole topics without a consumer group, for components that rebuild state from them:
 followed from the beginning (:func:`assign_from_start`), or read once up to their current end on
-a partition assignment (:func:`read_to_end`, changelog and write-ahead topics)."""
+a partition assignment (:func:`read_to_end`, changelog and write-ahead topics), or read from
+given offsets or times (:func:`read_range`, a collector reading back what a dead one published)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -57,25 +59,82 @@ async def read_to_end(
     bootstrap: str, topic: str, partitions: list[int], security: KafkaSecurity = PLAINTEXT
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic``'s ``partitions`` up to the end offsets seen at the start."""
-    if not partitions:
+    async for record in read_range(bootstrap, topic, Span({p: None for p in partitions}), security):
+        yield record
+
+
+@dataclass
+class Span:
+    """Where a read starts in each partition, and how far it got.
+
+    ``starts``: an offset, or None for the beginning; ``since_ms``: the first record at or
+    after that time (with both, the read starts at the lower). ``reached``: per partition, the
+    offset below which everything was read; the end offset seen at the start unless the read
+    timed out.
+    """
+
+    starts: Mapping[int, int | None]
+    since_ms: Mapping[int, int] = field(default_factory=dict)
+    reached: dict[int, int] = field(default_factory=dict)
+
+
+async def read_range(
+    bootstrap: str,
+    topic: str,
+    span: Span,
+    security: KafkaSecurity = PLAINTEXT,
+    timeout: float | None = None,
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """The records of ``topic`` from ``span``'s starts up to the end offsets seen at the start.
+
+    With ``timeout``, reading stops after that many seconds (``span.reached`` says where),
+    without an error: a caller that can go on with less says so in its own log.
+    """
+    parts = sorted({*span.starts, *span.since_ms})
+    if not parts:
         return
     reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, **security.client_kwargs(), enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        **security.client_kwargs(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a start already deleted by retention: the oldest kept
     )
     await reader.start()
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends = await reader.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > await reader.position(tp)}
+        tps = {p: TopicPartition(topic, p) for p in parts}
+        reader.assign(list(tps.values()))
+        ends = await reader.end_offsets(list(tps.values()))
+        found = await reader.offsets_for_times({tps[p]: ms for p, ms in span.since_ms.items()})
+        for p, tp in tps.items():
+            start: int | None = ends[tp]
+            if p in span.since_ms and (at := found.get(tp)) is not None:
+                start = at.offset
+            if p in span.starts:
+                given = span.starts[p]
+                start = None if given is None or start is None else min(given, start)
+            if start is None:
+                await reader.seek_to_beginning(tp)
+            else:
+                reader.seek(tp, min(start, ends[tp]))
+            span.reached[p] = await reader.position(tp)
+        pending = {tp for p, tp in tps.items() if span.reached[p] < ends[tp]}
+        for tp in tps.values():
+            if tp not in pending:
+                span.reached[tp.partition] = ends[tp]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while pending:
-            batch = await reader.getmany(*pending, timeout_ms=1000)
+            wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+            if wait <= 0:
+                break
+            batch = await reader.getmany(*pending, timeout_ms=int(wait * 1000))
             for tp, records in batch.items():
                 for record in records:
                     if record.offset < ends[tp]:
                         yield record
-                if await reader.position(tp) >= ends[tp]:
+                position = min(await reader.position(tp), ends[tp])
+                span.reached[tp.partition] = position
+                if position >= ends[tp]:
                     pending.discard(tp)
     finally:
         await reader.stop()

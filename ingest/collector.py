@@ -27,8 +27,9 @@ from ingest.discovery import IN_PROGRESS, RestClient
 from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.metrics import Metrics
 from ingest.monitor import Context, Ending, Monitor
-from ingest.ownership import Ledger, partition_for
+from ingest.ownership import Conversation, Ledger, partition_for
 from ingest.publisher import Outgoing, Publisher
+from ingest.recovery import ReadBack, read_back
 from ingest.replay import DIGEST_SIZE
 from ingest.settings import CollectorSettings
 from schemas.registry import registry_from_settings
@@ -242,6 +243,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     monitor.agent_id,
                     self.collector_id,
                     monitor.reader.history(),
+                    monitor.events_reached(monitor.last),
                 )
             )
         # With CONVOSTREAM_BROKER_COMPAT=tansu the last record of each partition goes alone:
@@ -313,6 +315,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                 ends = {}
             for tp, end in ends.items():
                 self.ledger.catch_up(tp.partition, end)
+        starting: dict[str, tuple[int, Conversation]] = {}
         for partition in list(self.ledger.owned):
             if partition in self._paused:
                 continue
@@ -324,16 +327,46 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue  # not assigned any more (a rebalance is under way), or not known yet
             if partition in self._paused or not self.ledger.ready(partition, position):
                 continue  # paused while we awaited: a hand-over started
-            for cid, conv in list(self.ledger.owned[partition].live.items()):
-                if cid not in self.monitors:
-                    self._start(cid, conv.agent_id, conv.history)
-                conv.history = None  # a hand-over is only needed to start a monitor
+            for cid, conv in self.ledger.owned[partition].live.items():
+                if cid in self.monitors:
+                    conv.forget_history()  # our own checkpoints: only a new owner needs them
+                else:
+                    starting[cid] = (partition, conv)
+        if starting:
+            await self._start_monitors(starting)
 
-    def _start(self, cid: str, agent_id: str | None, history: bytes | None) -> None:
+    async def _start_monitors(self, starting: dict[str, tuple[int, Conversation]]) -> None:
+        """Start monitors, after reading back what their previous owners published beyond
+        the histories recorded (:mod:`ingest.recovery`); if that read fails, the next pass
+        tries again."""
         assert self.ctx is not None
-        monitor = Monitor(self.ctx, cid, agent_id, history, self._ended)
-        self.monitors[cid] = monitor
-        monitor.start()
+        wanted = {cid: u for cid, (_, conv) in starting.items() if (u := conv.unrecorded())}
+        read: dict[str, ReadBack] = {}
+        if wanted:
+            s = self.settings
+            try:
+                read = await read_back(
+                    s.kafka_bootstrap,
+                    s.kafka_security(),
+                    self.events_topic,
+                    self.ctx.events_partitions,
+                    self.ctx.serde,
+                    wanted,
+                )
+            except KafkaError as exc:
+                log.warning("published records unreadable; retrying", error=type(exc).__name__)
+                return
+        for cid, (partition, conv) in starting.items():
+            state = self.ledger.owned.get(partition)
+            if partition in self._paused or state is None or state.live.get(cid) is not conv:
+                continue  # released, revoked or ended while we read
+            if cid in self.monitors:
+                continue
+            history, back = conv.history, read.get(cid)
+            monitor = Monitor(self.ctx, cid, conv.agent_id, history, self._ended, back)
+            conv.forget_history()
+            self.monitors[cid] = monitor
+            monitor.start()
         self.metrics.monitored.set(len(self.monitors))
 
     def _ended(self, monitor: Monitor, ending: Ending) -> None:
@@ -424,8 +457,11 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     start, size = monitor.checkpointed, snap[0]
                     if size > start:
                         history = monitor.reader.history(start)[: (size - start) * DIGEST_SIZE]
+                        reached = monitor.events_reached(snap[1])
                         self.publish_lifecycle(
-                            checkpoint(cid, monitor.agent_id, self.collector_id, start, history)
+                            checkpoint(
+                                cid, monitor.agent_id, self.collector_id, start, history, reached
+                            )
                         )
                         monitor.checkpointed = size
                     snap = None

@@ -8,6 +8,13 @@ the whole 100-frame replay. While monitoring, a collector also writes ``checkpoi
 (the digests of frames acknowledged since the previous one, and where they start), so that a
 new owner after a crash, which gets no hand-over, still knows what was published up to the
 last checkpoint and computes the same occurrence counts (and event keys).
+
+Both carry ``offset``: the offset of ``convai.monitor.events`` (the conversation's partition)
+below which every record of the conversation is in the history. A checkpoint lags the last
+frames published, so a new owner reads the conversation's records from that offset on
+(:mod:`ingest.recovery`) and knows everything that was published, not only what was
+checkpointed. Before a conversation's first checkpoint, the ``monitoring`` record that says a
+collector started reading it tells the new owner when to start reading (its ``at``).
 """
 
 from __future__ import annotations
@@ -49,17 +56,28 @@ def record(
 
 
 def released(
-    conversation_id: str, agent_id: str | None, collector_id: str, history: bytes
+    conversation_id: str,
+    agent_id: str | None,
+    collector_id: str,
+    history: bytes,
+    offset: int | None,
 ) -> dict[str, Any]:
     """The hand-over record: what the next owner must not publish again."""
-    return _with_history(conversation_id, agent_id, collector_id, {"released": True}, history)
+    detail = {"released": True, "offset": offset}
+    return _with_history(conversation_id, agent_id, collector_id, detail, history)
 
 
 def checkpoint(
-    conversation_id: str, agent_id: str | None, collector_id: str, start: int, history: bytes
+    conversation_id: str,
+    agent_id: str | None,
+    collector_id: str,
+    start: int,
+    history: bytes,
+    offset: int | None,
 ) -> dict[str, Any]:
-    """Digests of the frames ``start``, ``start + 1``... acknowledged since the last checkpoint."""
-    detail = {"checkpoint": True, "from": start}
+    """Digests of the frames ``start``, ``start + 1``... acknowledged since the last checkpoint,
+    and the events offset they reach."""
+    detail = {"checkpoint": True, "from": start, "offset": offset}
     return _with_history(conversation_id, agent_id, collector_id, detail, history)
 
 
@@ -90,15 +108,18 @@ class Observed:
     ended: bool
     history: bytes | None = None  # set on a hand-over or checkpoint record
     history_from: int = 0  # the frame the history starts at (0 for a hand-over)
+    offset: int | None = None  # events offset the history reaches (hand-over or checkpoint)
+    reading_since: int | None = None  # a collector started reading it: the record's ``at``
 
 
 def observe(value: dict[str, Any]) -> Observed:
     """Interpret one decoded ConversationLifecycle record; never raises on odd details."""
     state = value.get("state")
-    history: tuple[bytes, int] | None = None
+    history: tuple[bytes, int, int | None] | None = None
     detail = value.get("detail")
     if state == "monitoring" and isinstance(detail, str) and '"history"' in detail:
         history = _history(detail)
+    reading = state == "monitoring" and detail is None and value.get("collector_id") is not None
     return Observed(
         conversation_id=str(value["conversation_id"]),
         agent_id=value.get("agent_id"),
@@ -106,16 +127,22 @@ def observe(value: dict[str, Any]) -> Observed:
         ended=state == "ended",
         history=None if history is None else history[0],
         history_from=0 if history is None else history[1],
+        offset=None if history is None else history[2],
+        reading_since=value.get("at") if reading else None,
     )
 
 
-def _history(detail: str) -> tuple[bytes, int] | None:
+def _history(detail: str) -> tuple[bytes, int, int | None] | None:
+    """Digests, first frame and events offset of a hand-over or checkpoint detail. A record
+    written before offsets were recorded has none: the next owner then reads nothing back."""
     try:
         obj = orjson.loads(detail)
         raw = base64.b64decode(obj["history"], validate=True)
         start = int(obj.get("from", 0))
+        offset = obj.get("offset")
+        offset = None if offset is None else int(offset)
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, KeyError):
         return None
-    if len(raw) % DIGEST_SIZE or start < 0:
+    if len(raw) % DIGEST_SIZE or start < 0 or (offset is not None and offset < 0):
         return None
-    return raw, start
+    return raw, start, offset

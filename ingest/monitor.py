@@ -37,6 +37,7 @@ from ingest.lifecycle import record
 from ingest.metrics import Metrics
 from ingest.ownership import partition_for
 from ingest.publisher import Outgoing, Publisher
+from ingest.recovery import ReadBack
 from ingest.replay import Gap, ReplayFilter
 from schemas.serde import Serde
 from upstream.backoff import Backoff
@@ -101,6 +102,7 @@ class Monitor:
         "checkpointed",
         "conversation_id",
         "ctx",
+        "events_to",
         "last",
         "last_dlq",
         "reader",
@@ -114,6 +116,7 @@ class Monitor:
         agent_id: str | None,
         history: bytes | None,
         on_end: Callable[[Monitor, Ending], None],
+        read_back: ReadBack | None = None,
     ) -> None:
         self.ctx = ctx
         self.conversation_id = conversation_id
@@ -125,6 +128,10 @@ class Monitor:
         if history:
             self.reader.seed(history)
         self.checkpointed = self.reader.size  # frames the lifecycle topic already holds
+        self.events_to: int | None = None  # every record below it is in the history
+        if read_back is not None:
+            self.reader.seed(bytes(read_back.digests))
+            self.events_to = read_back.events_to
         self._refusing = False
         self._on_end = on_end
         self._gate = asyncio.Event()
@@ -137,6 +144,13 @@ class Monitor:
         self.last: Outgoing | None = None  # the last records offered: a checkpoint waits for them
         self.last_dlq: Outgoing | None = None
         self.task: asyncio.Task[None] | None = None
+
+    def events_reached(self, last: Outgoing | None) -> int | None:
+        """The events offset below which every record of the conversation is in the history,
+        once ``last`` (the last record offered when the history was measured) is acknowledged."""
+        if last is not None and last.acked and (self.events_to or 0) <= last.offset:
+            self.events_to = last.offset + 1
+        return self.events_to
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"monitor-{self.conversation_id}")

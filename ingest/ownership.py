@@ -35,6 +35,28 @@ class Conversation:
     agent_id: str | None
     first_offset: int | None  # offset of its first record read; None: known from REST only
     history: bytes | None = None  # hand-over or checkpoints of the previous owner, if any
+    events_from: int | None = None  # events offset from which ``history`` may lack records
+    reading_since: int | None = None  # µs: a collector read it, before any history was written
+
+    def forget_history(self) -> None:
+        """A monitor runs: what a new owner would start from is not needed here."""
+        self.history = self.events_from = self.reading_since = None
+
+    def unrecorded(self) -> Unrecorded | None:
+        """Where the records the previous owners published beyond ``history`` begin, if any."""
+        if self.events_from is not None:
+            return Unrecorded(offset=self.events_from)
+        if self.history is None and self.reading_since is not None:
+            return Unrecorded(since_ms=self.reading_since // 1000)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecorded:
+    """Where to read back a conversation's published records: an offset, or a time."""
+
+    offset: int | None = None
+    since_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -118,7 +140,12 @@ class Ledger:
             conv.first_offset = offset
         conv.agent_id = conv.agent_id or seen.agent_id
         if seen.history is not None:
-            conv.history = _extended(conv.history, seen.history, seen.history_from)
+            history = _extended(conv.history, seen.history, seen.history_from)
+            if history is not conv.history:  # it continued what we hold
+                conv.history = history
+                conv.events_from = seen.offset  # None (an older record): nothing to read back
+        elif seen.reading_since is not None and conv.reading_since is None:
+            conv.reading_since = seen.reading_since
 
     def discovered(self, conversation_id: str, agent_id: str | None) -> bool:
         """A conversation REST says is in progress: True when it is ours and new to us."""

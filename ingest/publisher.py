@@ -54,7 +54,11 @@ class Outgoing:
     key: bytes | None
     value: bytes
     born: float
-    acked: bool = False  # set once the broker acknowledged it
+    offset: int = -1  # where the broker wrote it, once acknowledged
+
+    @property
+    def acked(self) -> bool:
+        return self.offset >= 0
 
 
 def offer_again(exc: KafkaError) -> bool:
@@ -141,12 +145,13 @@ class Publisher:
         if self.records >= self.max_records or self.bytes >= self.max_bytes:
             self.room.clear()
 
-    def _release(self, records: list[Outgoing], now: float) -> None:
+    def _release(self, records: list[Outgoing], base: int, now: float) -> None:
+        """Acknowledged: a batch's records sit at consecutive offsets from ``base``."""
         observe = self._metrics.publish_latency.observe
         size = 0
-        for record in records:
+        for i, record in enumerate(records):
             size += len(record.value)
-            record.acked = True
+            record.offset = base + i
             if record.born:
                 observe(now - record.born)
         self.records -= len(records)
@@ -267,7 +272,7 @@ class Publisher:
                 if future.cancelled() or future.exception() is not None:
                     break
                 inflight.popleft()
-                self._release(records, now)
+                self._release(records, future.result().offset, now)
                 topic = records[0].topic
                 counter = published.get(topic)
                 if counter is None:

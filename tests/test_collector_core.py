@@ -14,8 +14,9 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from ingest.lifecycle import checkpoint, observe, record, released
-from ingest.ownership import Ledger, partition_for
+from ingest.ownership import Ledger, Unrecorded, partition_for
 from ingest.publisher import offer_again
+from ingest.recovery import CLOCK_SLACK_MS, Tails
 from ingest.replay import DIGEST_SIZE, ReplayFilter, Verdict, frame_digest
 from upstream.backoff import Backoff, retry_after
 
@@ -68,9 +69,10 @@ def test_discovery_claims_only_new_conversations_of_owned_partitions() -> None:
 
 def test_hand_over_record_carries_the_history() -> None:
     history = b"".join(frame_digest(f"f{i}".encode()) for i in range(128))
-    seen = observe(released("c", "a", "collector-1", history))
+    seen = observe(released("c", "a", "collector-1", history, 77))
     assert seen.live
     assert seen.history == history
+    assert seen.offset == 77
     assert observe(record("c", "monitoring", detail={"released": True})).history is None
 
 
@@ -79,11 +81,39 @@ def test_checkpoints_extend_the_history_a_new_owner_starts_from() -> None:
     ledger.assign(0, end_offset=0)
     digests = [frame_digest(f"f{i}".encode()) for i in range(30)]
     ledger.apply(0, 0, observe(record("c", "discovered")))
-    ledger.apply(0, 1, observe(checkpoint("c", None, "k0", 0, b"".join(digests[:10]))))
-    ledger.apply(0, 2, observe(checkpoint("c", None, "k0", 10, b"".join(digests[10:30]))))
-    assert ledger.owned[0].live["c"].history == b"".join(digests)
-    ledger.apply(0, 3, observe(released("c", None, "k0", b"".join(digests[:5]))))
-    assert ledger.owned[0].live["c"].history == b"".join(digests[:5])
+    ledger.apply(0, 1, observe(checkpoint("c", None, "k0", 0, b"".join(digests[:10]), 40)))
+    ledger.apply(0, 2, observe(checkpoint("c", None, "k0", 10, b"".join(digests[10:30]), 90)))
+    conv = ledger.owned[0].live["c"]
+    assert conv.history == b"".join(digests)
+    assert conv.unrecorded() == Unrecorded(offset=90)
+    ledger.apply(0, 3, observe(released("c", None, "k0", b"".join(digests[:5]), 95)))
+    assert conv.history == b"".join(digests[:5])
+    assert conv.unrecorded() == Unrecorded(offset=95)
+
+
+def test_what_a_new_owner_reads_back_follows_the_records_it_continues() -> None:
+    """A checkpoint says which events offset its history reaches; before any, the first
+    collector's ``monitoring`` record says when reading began; an older record without an
+    offset, or a checkpoint that does not continue the history held, asks for no read-back."""
+    ledger = Ledger(1)
+    ledger.assign(0, end_offset=0)
+    digests = b"".join(frame_digest(f"f{i}".encode()) for i in range(20))
+    ledger.apply(0, 0, observe(record("c", "discovered", source="rest", collector_id="k0")))
+    conv = ledger.owned[0].live["c"]
+    assert conv.unrecorded() is None  # nobody read it yet: nothing was published
+    ledger.apply(0, 1, observe(record("c", "monitoring", collector_id="k0", at=5_000_000)))
+    ledger.apply(0, 2, observe(record("c", "monitoring", collector_id="k1", at=9_000_000)))
+    assert conv.unrecorded() == Unrecorded(since_ms=5_000)
+    ledger.apply(0, 3, observe(checkpoint("c", None, "k0", 4, digests[:64], 70)))
+    assert conv.history is None and conv.unrecorded() == Unrecorded(since_ms=5_000)
+    ledger.apply(0, 4, observe(checkpoint("c", None, "k0", 0, digests, 70)))
+    assert conv.unrecorded() == Unrecorded(offset=70)
+    legacy = record("c", "monitoring", collector_id="k0", detail={"released": True})
+    legacy["detail"] = legacy["detail"].replace("}", ',"history":""}')
+    ledger.apply(0, 5, observe(legacy))
+    assert conv.history == b"" and conv.unrecorded() is None
+    conv.forget_history()
+    assert conv.history is None and conv.unrecorded() is None
 
 
 def _close(replay: ReplayFilter, frames: list[bytes], now: float) -> list[Verdict]:
@@ -161,3 +191,40 @@ def test_the_publisher_offers_a_batch_again_only_after_errors_that_pass() -> Non
     assert offer_again(KafkaConnectionError())
     assert not offer_again(ProducerFenced())
     assert not offer_again(AuthenticationFailedError())
+
+
+def test_read_back_spans_each_partition_from_its_lowest_offset_or_earliest_time() -> None:
+    by_partition: dict[int, list[str]] = {}
+    for i in range(200):
+        by_partition.setdefault(partition_for(f"c{i}", 4), []).append(f"c{i}")
+    a, b = by_partition[0][:2]
+    c, d = by_partition[1][:2]
+    e = by_partition[2][0]
+    wanted = {
+        a: Unrecorded(offset=50),
+        b: Unrecorded(offset=0),
+        c: Unrecorded(since_ms=90_000),
+        d: Unrecorded(since_ms=60_000),
+        e: Unrecorded(offset=7),
+    }
+    span = Tails(wanted, 4).span()
+    assert span.starts == {0: 0, 2: 7}
+    assert span.since_ms == {1: 60_000 - CLOCK_SLACK_MS}
+
+
+def test_read_back_keeps_the_wanted_records_in_offset_order() -> None:
+    wanted = {"a": Unrecorded(offset=10), "b": Unrecorded(since_ms=1)}
+    tails = Tails(wanted, 1)
+    span = tails.span()
+    frames = [("a", 9, "old"), ("b", 9, "b0"), ("x", 10, "other"), ("a", 11, "a1"), ("a", 12, "a0")]
+    for cid, offset, raw in frames:
+        hit = tails.needs(cid.encode(), offset)
+        if hit is not None:
+            assert hit == cid
+            tails.add(hit, raw)
+    assert tails.needs(None, 20) is None
+    span.reached[0] = 13
+    back = tails.results(span)
+    assert bytes(back["a"].digests) == frame_digest(b"a1") + frame_digest(b"a0")
+    assert bytes(back["b"].digests) == frame_digest(b"b0")
+    assert back["a"].events_to == back["b"].events_to == 13

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import uuid
@@ -178,27 +179,53 @@ async def test_two_collectors_publish_every_frame_exactly_once(
 async def test_killed_collector_loses_nothing(
     kafka_broker: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
+    """A collector SIGKILLed before it ever wrote a checkpoint, in conversations longer than
+    the upstream's replay window: its successor reads back what it had published, so nothing
+    is published twice and every copy of a repeated text keeps its key. On Tansu, whose end
+    offset leaves out the rest of a partition's last batch, those few records are published
+    again, with their keys."""
     prefix, port = await _topics(kafka_broker)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    env = collector_env(kafka_broker.bootstrap, f"http://127.0.0.1:{port}", SECRET, prefix, group)
+    env = collector_env(
+        kafka_broker.bootstrap, f"http://127.0.0.1:{port}", SECRET, prefix, group,
+        CONVOSTREAM_COLLECTOR_CHECKPOINT_INTERVAL="3600",
+    )  # fmt: skip
     collectors = [CollectorProcess(f"k{i}", env, tmp_path) for i in range(2)]
     for collector in collectors:
         collector.start()
     for collector in collectors:
         await collector.joined()
-    sim = await _late_sim(simulator_factory, tmp_path, port, conversations=60)
-    await asyncio.sleep(7.0)
+    sim = await _late_sim(
+        simulator_factory, tmp_path, port,
+        conversations=40, events_per_second=10, turns=14, repeat_ratio=0.2,
+    )  # fmt: skip
+    await asyncio.sleep(12.0)
     collectors[0].kill()
     await asyncio.sleep(6.0)
     collectors[0].start()
     await _drain(sim, collectors)
 
+    truth = ground_truth(tmp_path / "truth.jsonl")
+    per_conversation = Counter(g["conversation_id"] for g in truth)
+    assert max(per_conversation.values()) > 150  # longer than the replay window
     events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
     lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
-    check = check_events(ground_truth(tmp_path / "truth.jsonl"), events)
-    assert unreported_loss(check.missing, lifecycle) == []
-    assert check.mismatched_keys == 0, [(k[0], k[1][:40], c) for k, c in check.copies.items()]
-    assert check.order_violations == 0
+    short, extra = _occurrence_check(truth, events, lifecycle)
+    assert extra == []  # no occurrence of a repeated text got a second key
+    assert short == []  # nothing lost unless a gap says so
+    assert check_events(truth, events).order_violations == 0
+    read_back = [
+        json.loads(line)["records"]
+        for line in collectors[1].log_text().splitlines()
+        if "published records read back" in line
+    ]
+    assert sum(read_back) > 0, read_back  # the successor did read the dead one's records
+    keys = Counter(r.value["event_key"] for r in events)
+    twice = sum(n - 1 for n in keys.values())
+    if isinstance(kafka_broker, KafkaBroker):
+        assert twice == 0
+    else:
+        assert twice <= MONITOR_EVENTS.partitions * 20
 
 
 @contextlib.asynccontextmanager
