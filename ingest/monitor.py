@@ -146,10 +146,15 @@ class Monitor:
         self.task: asyncio.Task[None] | None = None
 
     def events_reached(self, last: Outgoing | None) -> int | None:
-        """The events offset below which every record of the conversation is in the history,
-        once ``last`` (the last record offered when the history was measured) is acknowledged."""
-        if last is not None and last.acked and (self.events_to or 0) <= last.offset:
-            self.events_to = last.offset + 1
+        """The events offset from which no record of the conversation is in the history, given
+        ``last``, the last record offered when the history was measured. None while ``last``
+        is unacknowledged (a hand-over whose flush timed out): its offset is unknown, and a
+        successor reading back from an earlier one would count those frames twice."""
+        if last is not None:
+            if not last.acked:
+                return None
+            if (self.events_to or 0) <= last.offset:
+                self.events_to = last.offset + 1
         return self.events_to
 
     def start(self) -> None:

@@ -15,7 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from ingest.discovery import RestClient
 from ingest.metrics import Metrics
 from ingest.monitor import Context, Monitor
-from ingest.publisher import Publisher
+from ingest.publisher import Outgoing, Publisher
+from ingest.recovery import ReadBack
 from ingest.replay import frame_digest
 from schemas.serde import Serde
 from simulator.testing import wait_for
@@ -98,9 +99,11 @@ async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
     monitors: list[Monitor] = []
 
     async def start(
-        history: bytes | None = None, on_end: Callable[[Monitor, Any], None] = lambda _m, _e: None
+        history: bytes | None = None,
+        on_end: Callable[[Monitor, Any], None] = lambda _m, _e: None,
+        read_back: ReadBack | None = None,
     ) -> tuple[Monitor, Socket]:
-        monitor = Monitor(ctx, "conv_1", None, history, on_end)
+        monitor = Monitor(ctx, "conv_1", None, history, on_end, read_back)
         monitors.append(monitor)
         monitor.start()
         await wait_for(lambda: upstream.sockets)
@@ -131,6 +134,27 @@ async def test_a_publish_stall_inside_a_replay_burst_is_no_quiet_spell(rig: Any)
     await wait_for(lambda: not monitor.reader.pending, 5)
     assert ctx.publisher.records == 0  # the whole replay was recognised
     assert monitor.reader.size == len(FRAMES)
+
+
+async def test_frames_read_back_continue_the_recorded_history(rig: Any) -> None:
+    """A successor holds the checkpointed frames and, after them, those read back from the
+    events topic: the replay of all of them publishes nothing; its next checkpoint starts where
+    the recorded history ends, and says which offset it reaches once acknowledged."""
+    ctx, _, start = rig
+    recorded = b"".join(frame_digest(f) for f in FRAMES[:2])
+    back = ReadBack(bytearray(b"".join(frame_digest(f) for f in FRAMES[2:])), events_to=40)
+    monitor, sock = await start(recorded, read_back=back)
+    assert (monitor.checkpointed, monitor.reader.size) == (2, len(FRAMES))
+    for frame in FRAMES:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: sock.taken() and not monitor.reader.pending, 5)
+    assert ctx.publisher.records == 0
+    assert monitor.events_reached(None) == 40
+    pending = Outgoing("e", 0, None, b"", 0.0)
+    assert monitor.events_reached(pending) is None  # unacknowledged: its offset is unknown
+    pending.offset = 57
+    assert monitor.events_reached(pending) == 58
+    assert monitor.events_reached(None) == 58
 
 
 async def _closed_while_paused(rig: Any) -> tuple[Monitor, list[Any]]:
