@@ -105,15 +105,18 @@ def test_what_a_new_owner_reads_back_follows_the_records_it_continues() -> None:
     ledger.apply(0, 2, observe(record("c", "monitoring", collector_id="k1", at=9_000_000)))
     assert conv.unrecorded() == Unrecorded(since_ms=5_000)
     ledger.apply(0, 3, observe(checkpoint("c", None, "k0", 4, digests[:64], 70)))
-    assert conv.history is None and conv.unrecorded() == Unrecorded(since_ms=5_000)
+    assert conv.history is None
+    assert conv.unrecorded() == Unrecorded(since_ms=5_000)
     ledger.apply(0, 4, observe(checkpoint("c", None, "k0", 0, digests, 70)))
     assert conv.unrecorded() == Unrecorded(offset=70)
     legacy = record("c", "monitoring", collector_id="k0", detail={"released": True})
     legacy["detail"] = legacy["detail"].replace("}", ',"history":""}')
     ledger.apply(0, 5, observe(legacy))
-    assert conv.history == b"" and conv.unrecorded() is None
+    assert conv.history == b""
+    assert conv.unrecorded() is None
     conv.forget_history()
-    assert conv.history is None and conv.unrecorded() is None
+    assert conv.history is None
+    assert conv.unrecorded() is None
 
 
 def _close(replay: ReplayFilter, frames: list[bytes], now: float) -> list[Verdict]:
