@@ -28,7 +28,7 @@ from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.metrics import Metrics
 from ingest.monitor import Context, Ending, Monitor
 from ingest.ownership import Conversation, Ledger, partition_for
-from ingest.publisher import Outgoing, Publisher
+from ingest.publisher import Outgoing, Publisher, offer_again
 from ingest.recovery import ReadBack, read_back
 from ingest.replay import DIGEST_SIZE
 from ingest.settings import CollectorSettings
@@ -337,8 +337,8 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _start_monitors(self, starting: dict[str, tuple[int, Conversation]]) -> None:
         """Start monitors, after reading back what their previous owners published beyond
-        the histories recorded (:mod:`ingest.recovery`); if that read fails, the next pass
-        tries again."""
+        the histories recorded (:mod:`ingest.recovery`). If the broker cannot answer, the next
+        pass tries again; if it refuses for good, they start from the recorded histories."""
         assert self.ctx is not None
         wanted = {cid: u for cid, (_, conv) in starting.items() if (u := conv.unrecorded())}
         read: dict[str, ReadBack] = {}
@@ -354,8 +354,17 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     wanted,
                 )
             except KafkaError as exc:
-                log.warning("published records unreadable; retrying", error=type(exc).__name__)
-                return
+                if offer_again(exc):  # the broker is away or slow: the next pass tries again
+                    log.warning("published records unreadable; retrying", error=type(exc).__name__)
+                    return
+                # refused for good (no READ right on the events topic): start from the histories
+                # recorded, as a collector that cannot read back would
+                log.error(
+                    "published records cannot be read back; records published after the last "
+                    "checkpoint may be published again",
+                    topic=self.events_topic,
+                    error=type(exc).__name__,
+                )
         for cid, (partition, conv) in starting.items():
             state = self.ledger.owned.get(partition)
             if partition in self._paused or state is None or state.live.get(cid) is not conv:
