@@ -93,8 +93,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.engine.release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self.engine.busy:
-            await self.engine.restore([tp.partition for tp in assigned])
+        # aiokafka sends no heartbeat until this returns, so a restore here that outlasts the
+        # session timeout gets the member expelled and the group rebalances again (seen on
+        # Kafka with 6 s sessions while new topics were electing leaders). The partitions wait,
+        # paused, for the reading loop to restore them.
+        self.engine.assigned(assigned)
 
 
 class RulesEngine:
@@ -132,6 +135,7 @@ class RulesEngine:
         self.api = ConversationApi(settings.upstream_url, api_key, settings.rules_lookup_timeout)
         self.head = RuleHeadReader()
         self.busy = asyncio.Lock()
+        self._unrestored: set[TopicPartition] | None = None  # assigned, state not yet read
         self.partition_of: dict[str, int] = {}
         self.pending: dict[str, _Pending] = {}
         self._partitions: dict[str, int] = {}
@@ -186,6 +190,9 @@ class RulesEngine:
                 dry_run=self.dry_run,
             )
             while not stop.is_set():
+                if self._unrestored is not None:
+                    async with self.busy:
+                        await self._restore_assigned()
                 batch = await self._consumer.getmany(timeout_ms=100)
                 async with self.busy:
                     await self.handle(batch)
@@ -233,6 +240,21 @@ class RulesEngine:
             del self.partition_of[conversation]
             self.pending.pop(conversation, None)
         self.metrics.conversations.set(len(self.evaluator.states))
+
+    def assigned(self, assigned: list[TopicPartition]) -> None:
+        """A new assignment: its partitions are paused until :meth:`restore` has run."""
+        assert self._consumer is not None
+        self._consumer.pause(*assigned)
+        self._unrestored = set(assigned)
+
+    async def _restore_assigned(self) -> None:
+        assert self._consumer is not None
+        assert self._unrestored is not None
+        current = self._consumer.assignment()
+        tps = [tp for tp in self._unrestored if tp in current]
+        self._unrestored = None
+        await self.restore([tp.partition for tp in tps])
+        self._consumer.resume(*(tp for tp in tps if tp in self._consumer.assignment()))
 
     async def restore(self, partitions: list[int]) -> None:
         """Rebuild the assigned partitions' states from the changelog."""
