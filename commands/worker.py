@@ -103,9 +103,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.worker.ledger.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self.worker.busy:  # records fetched meanwhile wait for the ledger
-            await self.worker.rebuild(assigned)
-        self.worker.health.set("assignment", True)  # ledger rebuilt: ready to decide
+        # aiokafka sends no heartbeat until this returns: a rebuild here that outlasts the
+        # session timeout gets the member expelled, and the group rebalances again. The
+        # partitions wait, paused, for the reading loop to rebuild their ledger.
+        self.worker.assigned(assigned)
 
 
 class CommandWorker:
@@ -163,6 +164,7 @@ class CommandWorker:
         )
         self.crash = CrashInjector(settings.commands_crash_at)
         self.busy = asyncio.Lock()
+        self._unbuilt: set[TopicPartition] | None = None  # assigned, ledger not yet rebuilt
         self._chat: OrderedDict[str, bool | None] = OrderedDict()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -237,6 +239,9 @@ class CommandWorker:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                if self._unbuilt is not None:
+                    async with self.busy:
+                        await self._rebuild_assigned()
                 fetch = asyncio.create_task(self._consumer.getmany(timeout_ms=500))
                 await asyncio.wait({fetch, stopping}, return_when="FIRST_COMPLETED")
                 if not fetch.done():
@@ -263,6 +268,21 @@ class CommandWorker:
             stopping.cancel()
 
     # ----- rebuilding the ledger on assignment ---------------------------------------------
+    def assigned(self, assigned: list[TopicPartition]) -> None:
+        """A new assignment: its partitions are paused until their ledger is rebuilt."""
+        assert self._consumer is not None
+        self._consumer.pause(*assigned)
+        self._unbuilt = set(assigned)
+
+    async def _rebuild_assigned(self) -> None:
+        assert self._consumer is not None
+        assert self._unbuilt is not None
+        tps = [tp for tp in self._unbuilt if tp in self._consumer.assignment()]
+        self._unbuilt = None
+        await self.rebuild(tps)
+        self._consumer.resume(*(tp for tp in tps if tp in self._consumer.assignment()))
+        self.health.set("assignment", True)  # ledger rebuilt: ready to decide
+
     async def rebuild(self, assigned: list[TopicPartition]) -> None:
         """Catch the intents reader up, then read the assigned partitions' results to the end."""
         assert self._consumer is not None
