@@ -54,6 +54,7 @@ from commands.pool import ConnectFailed, SocketPool
 from commands.ratelimit import RateLimiter
 from commands.settings import CRASH_POINTS, CommandWorkerSettings
 from commands.validate import Limits, check_conversation
+from convostream.assignment import PausedAssignment
 from convostream.logs import get_logger
 from convostream.ops import Health
 from convostream.topic_reader import read_to_end
@@ -103,9 +104,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.worker.ledger.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # aiokafka sends no heartbeat until this returns: a rebuild here that outlasts the
-        # session timeout gets the member expelled, and the group rebalances again. The
-        # partitions wait, paused, for the reading loop to rebuild their ledger.
+        # no heartbeat until this returns (convostream.assignment): the loop rebuilds them
         self.worker.assigned(assigned)
 
 
@@ -164,7 +163,7 @@ class CommandWorker:
         )
         self.crash = CrashInjector(settings.commands_crash_at)
         self.busy = asyncio.Lock()
-        self._unbuilt: set[TopicPartition] | None = None  # assigned, ledger not yet rebuilt
+        self._unbuilt = PausedAssignment()  # assigned, ledger not yet rebuilt
         self._chat: OrderedDict[str, bool | None] = OrderedDict()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -239,7 +238,7 @@ class CommandWorker:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                if self._unbuilt is not None:
+                if self._unbuilt:
                     async with self.busy:
                         await self._rebuild_assigned()
                 fetch = asyncio.create_task(self._consumer.getmany(timeout_ms=500))
@@ -271,16 +270,13 @@ class CommandWorker:
     def assigned(self, assigned: list[TopicPartition]) -> None:
         """A new assignment: its partitions are paused until their ledger is rebuilt."""
         assert self._consumer is not None
-        self._consumer.pause(*assigned)
-        self._unbuilt = set(assigned)
+        self._unbuilt.assigned(self._consumer, assigned)
 
     async def _rebuild_assigned(self) -> None:
         assert self._consumer is not None
-        assert self._unbuilt is not None
-        tps = [tp for tp in self._unbuilt if tp in self._consumer.assignment()]
-        self._unbuilt = None
+        tps = self._unbuilt.take(self._consumer)
         await self.rebuild(tps)
-        self._consumer.resume(*(tp for tp in tps if tp in self._consumer.assignment()))
+        self._unbuilt.resume(self._consumer, tps)
         self.health.set("assignment", True)  # ledger rebuilt: ready to decide
 
     async def rebuild(self, assigned: list[TopicPartition]) -> None:

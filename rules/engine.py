@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
 
+from convostream.assignment import PausedAssignment
 from convostream.logs import get_logger
 from convostream.ops import Health
 from convostream.topic_reader import read_to_end
@@ -93,10 +94,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.engine.release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # aiokafka sends no heartbeat until this returns, so a restore here that outlasts the
-        # session timeout gets the member expelled and the group rebalances again (seen on
-        # Kafka with 6 s sessions while new topics were electing leaders). The partitions wait,
-        # paused, for the reading loop to restore them.
+        # no heartbeat until this returns (convostream.assignment): the loop restores them
         self.engine.assigned(assigned)
 
 
@@ -135,7 +133,7 @@ class RulesEngine:
         self.api = ConversationApi(settings.upstream_url, api_key, settings.rules_lookup_timeout)
         self.head = RuleHeadReader()
         self.busy = asyncio.Lock()
-        self._unrestored: set[TopicPartition] | None = None  # assigned, state not yet read
+        self._unrestored = PausedAssignment()  # assigned, state not yet read
         self.partition_of: dict[str, int] = {}
         self.pending: dict[str, _Pending] = {}
         self._partitions: dict[str, int] = {}
@@ -190,7 +188,7 @@ class RulesEngine:
                 dry_run=self.dry_run,
             )
             while not stop.is_set():
-                if self._unrestored is not None:
+                if self._unrestored:
                     async with self.busy:
                         await self._restore_assigned()
                 batch = await self._consumer.getmany(timeout_ms=100)
@@ -244,17 +242,13 @@ class RulesEngine:
     def assigned(self, assigned: list[TopicPartition]) -> None:
         """A new assignment: its partitions are paused until :meth:`restore` has run."""
         assert self._consumer is not None
-        self._consumer.pause(*assigned)
-        self._unrestored = set(assigned)
+        self._unrestored.assigned(self._consumer, assigned)
 
     async def _restore_assigned(self) -> None:
         assert self._consumer is not None
-        assert self._unrestored is not None
-        current = self._consumer.assignment()
-        tps = [tp for tp in self._unrestored if tp in current]
-        self._unrestored = None
+        tps = self._unrestored.take(self._consumer)
         await self.restore([tp.partition for tp in tps])
-        self._consumer.resume(*(tp for tp in tps if tp in self._consumer.assignment()))
+        self._unrestored.resume(self._consumer, tps)
 
     async def restore(self, partitions: list[int]) -> None:
         """Rebuild the assigned partitions' states from the changelog."""
