@@ -240,7 +240,7 @@ class CommandWorker:
             while not stop.is_set():
                 if self._unbuilt:
                     async with self.busy:
-                        await self._rebuild_assigned()
+                        await self._unbuilt.rebuild(self._consumer, self.rebuild)
                 fetch = asyncio.create_task(self._consumer.getmany(timeout_ms=500))
                 await asyncio.wait({fetch, stopping}, return_when="FIRST_COMPLETED")
                 if not fetch.done():
@@ -271,13 +271,6 @@ class CommandWorker:
         """A new assignment: its partitions are paused until their ledger is rebuilt."""
         assert self._consumer is not None
         self._unbuilt.assigned(self._consumer, assigned)
-
-    async def _rebuild_assigned(self) -> None:
-        assert self._consumer is not None
-        tps = self._unbuilt.take(self._consumer)
-        await self.rebuild(tps)
-        self._unbuilt.resume(self._consumer, tps)
-        self.health.set("assignment", True)  # ledger rebuilt: ready to decide
 
     async def rebuild(self, assigned: list[TopicPartition]) -> None:
         """Catch the intents reader up, then read the assigned partitions' results to the end."""
@@ -310,6 +303,7 @@ class CommandWorker:
             ledger_entries=self.ledger.size(),
             seconds=round(time.monotonic() - started, 3),
         )
+        self.health.set("assignment", True)  # ledger rebuilt: ready to decide
 
     # ----- one command ------------------------------------------------------------------------
     async def handle(self, message: ConsumerRecord[bytes, bytes]) -> None:

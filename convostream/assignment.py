@@ -4,10 +4,12 @@ aiokafka sends no heartbeat while ``on_partitions_assigned`` runs, so a member t
 state there (a changelog or result topic read to its end) was expelled whenever that took longer
 than the session timeout, rejoined, rebuilt again, and the group kept rebalancing. The callback
 only pauses the partitions (:meth:`PausedAssignment.assigned`); the member's reading loop
-rebuilds their state and resumes them (:meth:`PausedAssignment.take`, ``resume``).
+rebuilds their state and resumes them (:meth:`PausedAssignment.rebuild`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -26,15 +28,16 @@ class PausedAssignment:
         consumer.pause(*partitions)
         self._partitions = set(partitions)
 
-    def take(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """The pending partitions still assigned (possibly none), now due to be rebuilt."""
+    async def rebuild(
+        self,
+        consumer: AIOKafkaConsumer,
+        rebuild: Callable[[list[TopicPartition]], Awaitable[None]],
+    ) -> None:
+        """From the reading loop: rebuild the pending partitions still assigned (possibly none),
+        then fetch them again, unless a rebalance took them away meanwhile."""
         current = consumer.assignment()
         taken = [tp for tp in self._partitions or () if tp in current]
         self._partitions = None
-        return taken
-
-    @staticmethod
-    def resume(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
-        """Rebuilt: fetch them again, unless a rebalance took them away meanwhile."""
+        await rebuild(taken)
         current = consumer.assignment()
-        consumer.resume(*(tp for tp in partitions if tp in current))
+        consumer.resume(*(tp for tp in taken if tp in current))

@@ -190,7 +190,9 @@ class RulesEngine:
             while not stop.is_set():
                 if self._unrestored:
                     async with self.busy:
-                        await self._restore_assigned()
+                        await self._unrestored.rebuild(
+                            self._consumer, lambda tps: self.restore([tp.partition for tp in tps])
+                        )
                 batch = await self._consumer.getmany(timeout_ms=100)
                 async with self.busy:
                     await self.handle(batch)
@@ -243,12 +245,6 @@ class RulesEngine:
         """A new assignment: its partitions are paused until :meth:`restore` has run."""
         assert self._consumer is not None
         self._unrestored.assigned(self._consumer, assigned)
-
-    async def _restore_assigned(self) -> None:
-        assert self._consumer is not None
-        tps = self._unrestored.take(self._consumer)
-        await self.restore([tp.partition for tp in tps])
-        self._unrestored.resume(self._consumer, tps)
 
     async def restore(self, partitions: list[int]) -> None:
         """Rebuild the assigned partitions' states from the changelog."""
