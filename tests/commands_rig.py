@@ -51,7 +51,10 @@ def write_policy(path: Path) -> Path:
     return path
 
 
-async def start_simulator(log: Path, **knobs: Any) -> Simulator:
+async def start_simulator(log: Path, live: bool = True, **knobs: Any) -> Simulator:
+    """A simulator logging the commands it receives to ``log``; ``live``: return once every
+    conversation is live (commands need that), else at once (e.g. conversations held
+    'initiated' by ``initiated_seconds`` while the consumers under test start)."""
     values: dict[str, Any] = {
         "sim_api_key": API_KEY,
         "sim_port": 0,
@@ -65,8 +68,11 @@ async def start_simulator(log: Path, **knobs: Any) -> Simulator:
     values.update({k if k.startswith("sim_") else f"sim_{k}": v for k, v in knobs.items()})
     sim = Simulator(SimulatorSettings(_env_file=None, **values))
     await sim.start()
-    n = values["sim_conversations"]  # and past "initiated": live, as commands need
-    await wait_for(lambda: len(sim.conversations) >= n and all(c.live for c in sim.conversations))
+    n = values["sim_conversations"]
+    if live:
+        await wait_for(
+            lambda: len(sim.conversations) >= n and all(c.live for c in sim.conversations)
+        )
     return sim
 
 
@@ -131,6 +137,7 @@ async def running_rig(
     bootstrap: str,
     tmp: Path,
     sim_knobs: dict[str, Any] | None = None,
+    sim_live: bool = True,
     workers: int = 1,
     **worker_over: Any,
 ) -> Any:
@@ -138,7 +145,7 @@ async def running_rig(
     the client uses the workers' Kafka security settings."""
     prefix = new_prefix()
     log = tmp / "commands.jsonl"
-    sim = await start_simulator(log, **(sim_knobs or {}))
+    sim = await start_simulator(log, sim_live, **(sim_knobs or {}))
     policy = write_policy(tmp / "policy.json")
     registries = [CollectorRegistry() for _ in range(workers)]
     settings = [

@@ -33,7 +33,12 @@ pytestmark = pytest.mark.integration
 
 SIM = {
     "conversations": 14,
-    "turns": 14,  # long enough after the escalation for a restarted engine to act
+    # conversations wait until the engines and the collector are up (about 8 s on Kafka), and
+    # the escalation (in the first half of the turns) leaves each one at least 13 s: longer
+    # than a SIGKILLed engine's partitions wait for its session to expire and their state to
+    # be restored, so every escalation is acted on while its conversation is live
+    "initiated_seconds": 8,
+    "turns": 24,
     "events_per_second": 5,
     "chat_ratio": 0.5,
     "escalation_ratio": 0.5,
@@ -79,7 +84,7 @@ async def test_every_escalation_gets_exactly_one_takeover_or_transfer(
 ) -> None:
     truth = tmp_path / "truth.jsonl"
     async with running_rig(
-        kafka_broker.bootstrap, tmp_path, sim_knobs={**SIM, "ground_truth": truth}
+        kafka_broker.bootstrap, tmp_path, sim_knobs={**SIM, "ground_truth": truth}, sim_live=False
     ) as rig:
         rig_: Rig = rig
         prefix = rig_.prefix
