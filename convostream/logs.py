@@ -58,6 +58,10 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     ]
     structlog.configure(
         processors=[
+            # first: an event below the level is dropped before the time stamp and the rest
+            # are computed (a filtered call cost 16 µs without it, 6% of the rules engine's
+            # CPU in bench/rules.py)
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
