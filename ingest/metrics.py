@@ -6,16 +6,14 @@ invent types), DLQ reasons are the frame core's fixed codes, never conversation 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from convostream.plain_counts import PlainCounter
 from schemas.payloads import PAYLOAD_RECORDS
 
 _P = "convostream_collector_"
 KNOWN_TYPES = frozenset(PAYLOAD_RECORDS)
+OTHER = ("other",)  # the frames label of types the upstream may add
 # Fine below 100 ms (the target is a p99 of 50 ms), so that a quantile interpolated inside a
 # bucket (histogram_quantile, bench/ingest.py) is within a few ms of the real one.
 LATENCY_BUCKETS = (
@@ -24,31 +22,19 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class FrameCounts(Collector):
-    """``convostream_collector_frames_total{type}``: plain ints on the hot path (one per frame,
-    no lock, unlike a ``Counter`` child), read when scraped (the GIL makes the read safe)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(sorted(KNOWN_TYPES), 0)
-        self.counts["other"] = 0
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            _P + "frames", "Frames read from monitor sockets, by upstream type.", labels=["type"]
-        )
-        for event_type, count in list(self.counts.items()):
-            family.add_metric([event_type], count)
-        yield family
-
-
 class Metrics:
     """Every metric of one collector process, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.frames = FrameCounts()
-        r.register(self.frames)
+        self.frames = PlainCounter(
+            _P + "frames", "Frames read from monitor sockets, by upstream type.", ["type"], r
+        )
+        # the documented types (each shown from 0) and "other", each with its key made once
+        self._frame_keys = {t: (t,) for t in sorted(KNOWN_TYPES)}
+        self.frames.counts.update(dict.fromkeys(self._frame_keys.values(), 0))
+        self.frames.counts[OTHER] = 0
         self.live_sockets = Gauge(_P + "live_sockets", "Open monitor sockets.", registry=r)
         self.monitored = Gauge(
             _P + "monitored_conversations",
@@ -124,11 +110,6 @@ class Metrics:
             ["how"],
             registry=r,
         )
-        self._frame_counts = self.frames.counts
 
     def frame(self, event_type: str) -> None:
-        counts = self._frame_counts
-        if event_type in counts:
-            counts[event_type] += 1
-        else:
-            counts["other"] += 1
+        self.frames.counts[self._frame_keys.get(event_type, OTHER)] += 1

@@ -309,7 +309,7 @@ class RulesEngine:
                 if outcome.matched or conversation in self.evaluator.dirty:
                     self.partition_of[conversation] = tp.partition
                     for name in outcome.matched:
-                        self.metrics.matches.labels(name).inc()
+                        self.metrics.matches.inc(name)
                     if self.evaluator.needs_channel(conversation):
                         self.pending.setdefault(conversation, _Pending())
                 for fire in outcome.fires:  # produced now, not after the rest of the batch
@@ -475,7 +475,7 @@ class RulesEngine:
         action = rule.then.action()
         if fire.backfill and rule.then.command is not None:
             # the conversation is over: a command would be rejected as not live
-            self.metrics.skipped.labels(rule.name, "backfill").inc()
+            self.metrics.skipped.inc(rule.name, "backfill")
             log.info(
                 "rule fired on a backfilled event; command not sent",
                 rule=rule.name,
@@ -484,7 +484,7 @@ class RulesEngine:
                 event_key=fire.event_key,
             )
             return
-        self.metrics.fires.labels(rule.name, action).inc()
+        self.metrics.fires.inc(rule.name, action)
         log.info(
             "rule would fire (dry run)" if self.dry_run else "rule fired",
             rule=rule.name,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from convostream.plain_counts import PlainCounter
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -12,24 +14,25 @@ class RulesMetrics:
         self.events = Counter(
             "convostream_rules_events_total", "Monitor events evaluated.", registry=registry
         )
-        self.matches = Counter(
-            "convostream_rules_matches_total",
+        # per event and per fire: plain counts (convostream.plain_counts)
+        self.matches = PlainCounter(
+            "convostream_rules_matches",
             "Distinct events that matched a rule's condition.",
             ["rule"],
-            registry=registry,
+            registry,
         )
-        self.fires = Counter(
-            "convostream_rules_fires_total",
+        self.fires = PlainCounter(
+            "convostream_rules_fires",
             "Rules fired (once per conversation), by action: the command type or alert.",
             ["rule", "action"],
-            registry=registry,
+            registry,
         )
-        self.skipped = Counter(
-            "convostream_rules_skipped_total",
+        self.skipped = PlainCounter(
+            "convostream_rules_skipped",
             "Fires whose command was not sent, by reason (backfill: the event was repaired "
             "after the call, so the conversation is over).",
             ["rule", "reason"],
-            registry=registry,
+            registry,
         )
         self.evaluation = Histogram(
             "convostream_rules_evaluation_seconds",
