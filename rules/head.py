@@ -25,6 +25,7 @@ from schemas.avro_head import (
     read_long,
     read_optional,
     read_string,
+    skip_string,
 )
 from schemas.event_types import BACKFILL
 
@@ -53,7 +54,7 @@ class RuleHeadReader(LearntLayout):
             collector_id, pos = read_string(data, pos)
             raw = ""
             if take:
-                _, pos = read_string(data, pos)  # connection_id
+                pos = skip_string(data, pos)  # connection_id
                 _, pos = read_long(data, pos)  # connection_seq
                 pos += 1  # replay (boolean: one byte)
                 raw, pos = read_string(data, pos)

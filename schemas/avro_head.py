@@ -17,6 +17,8 @@ T = TypeVar("T")
 def read_long(data: bytes, pos: int) -> tuple[int, int]:
     """An Avro ``long`` (zig-zag varint) at ``pos``: (value, next position)."""
     byte = data[pos]
+    if byte < 0x80:  # -64..63, one byte
+        return (byte >> 1) ^ -(byte & 1), pos + 1
     pos += 1
     n = byte & 0x7F
     shift = 7
@@ -30,23 +32,39 @@ def read_long(data: bytes, pos: int) -> tuple[int, int]:
 
 def read_string(data: bytes, pos: int) -> tuple[str, int]:
     """An Avro ``string`` at ``pos``: (value, next position)."""
+    n = data[pos]
+    if n < 0x80 and not n & 1:  # a length under 64 (one varint byte): most ids and types
+        end = pos + 1 + (n >> 1)
+        if end > len(data):
+            raise IndexError("string beyond the datum")
+        return data[pos + 1 : end].decode(), end
+    start, end = _string_span(data, pos)
+    return data[start:end].decode(), end
+
+
+def skip_string(data: bytes, pos: int) -> int:
+    """The position after the Avro ``string`` at ``pos``, which is not decoded."""
+    return _string_span(data, pos)[1]
+
+
+def _string_span(data: bytes, pos: int) -> tuple[int, int]:
     size, pos = read_long(data, pos)
     end = pos + size
     if size < 0 or end > len(data):
         raise IndexError("string beyond the datum")
-    return data[pos:end].decode(), end
+    return pos, end
 
 
 def read_optional(
     data: bytes, pos: int, read: Callable[[bytes, int], tuple[T, int]]
 ) -> tuple[T | None, int]:
     """A ``["null", T]`` union at ``pos``; another branch raises ``IndexError``."""
-    branch, pos = read_long(data, pos)
+    branch = data[pos]  # the zig-zag varint of the branch index: 0x00 for 0, 0x02 for 1
     if branch == 0:
-        return None, pos
-    if branch != 1:
-        raise IndexError(f"union branch {branch} where null or one type was expected")
-    return read(data, pos)
+        return None, pos + 1
+    if branch != 2:
+        raise IndexError(f"union branch byte {branch:#04x} where null or one type was expected")
+    return read(data, pos + 1)
 
 
 class LearntLayout:
