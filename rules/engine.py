@@ -288,29 +288,34 @@ class RulesEngine:
         started = time.perf_counter()
         offsets: dict[TopicPartition, int] = {}
         assignment = self._consumer.assignment()
-        timed = bool(self.evaluator.timed)
+        evaluator = self.evaluator
+        timed = bool(evaluator.timed)
+        # bound once per batch; the rules index (by_type) is read per event: a SIGHUP reload
+        # may replace it while a fire is being produced
+        read, observe, dirty = self.head.read, evaluator.observe, evaluator.dirty
+        count_match = self.metrics.matches.inc
         events = 0
         for tp, records in batch.items():
-            if tp not in assignment:
+            if tp not in assignment or not records:
                 continue  # revoked meanwhile: its new owner reads it again
+            offsets[tp] = records[-1].offset + 1
             for record in records:
-                offsets[tp] = record.offset + 1
                 if record.value is None:
                     continue  # a tombstone
                 events += 1
-                head = self.head.read(record.value, self.evaluator.by_type, timed)
+                head = read(record.value, evaluator.by_type, timed)
                 if isinstance(head, str):
                     continue  # no rule for its type
                 event = head if head is not None else await self._decode(record)
                 if event is None:
                     continue
                 conversation = event.conversation_id
-                outcome = self.evaluator.observe(event)
-                if outcome.matched or conversation in self.evaluator.dirty:
+                outcome = observe(event)
+                if outcome.matched or conversation in dirty:
                     self.partition_of[conversation] = tp.partition
                     for name in outcome.matched:
-                        self.metrics.matches.inc(name)
-                    if self.evaluator.needs_channel(conversation):
+                        count_match(name)
+                    if evaluator.needs_channel(conversation):
                         self.pending.setdefault(conversation, _Pending())
                 for fire in outcome.fires:  # produced now, not after the rest of the batch
                     await self._send(fire, event.received_at)
