@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any
 
 import click
@@ -14,13 +13,6 @@ from convostream.settings import ConfigError, load_settings, settings_options
 from ingest.collector import Collector
 from ingest.metrics import Metrics
 from ingest.settings import CollectorSettings
-
-# Measured (bench/ingest.py, py-spy, gc.callbacks): with the default (700, 10, 10), a collector
-# of 1,000 sockets at full load spent about a third of its CPU in the garbage collector, most of
-# it in full collections of ~0.3 s each (the records and frames waiting to be published survive
-# the young generations), which also set the latency tail. Young collections 30x rarer, and the
-# objects of start-up (modules, classes) frozen out of every collection.
-GC_THRESHOLDS = (20_000, 10, 10)
 
 
 @click.command()
@@ -42,8 +34,7 @@ def collect(**values: Any) -> None:
             "the xi-api-key that discovery and the monitor sockets send"
         )
     runtime.setup(settings, secrets=(key,))
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    runtime.tune_gc()
     metrics = Metrics()
     health = Health("collector")
     health.declare("broker", "assignment")

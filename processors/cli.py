@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -14,11 +13,6 @@ from convostream import runtime
 from convostream.ops import Health
 from convostream.settings import load_settings, settings_options
 from processors.settings import ProcessorSettings
-
-# As in the collector (ingest/cli.py): young collections far rarer than the default 700
-# allocations, and the objects of start-up (modules, classes, Faust's app) frozen out of every
-# collection. Measured (bench/process.py throughput phase, alternating runs): about +5 %.
-GC_THRESHOLDS = (20_000, 10, 10)
 
 
 @click.command()
@@ -72,8 +66,7 @@ def process(**values: Any) -> None:
             super()._schedule_shutdown(signal)
 
     worker = Worker(processor.app, loglevel=settings.log_level, override_logging=False, quiet=True)
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    runtime.tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,6 @@ from convostream.issuer import KeysError
 from convostream.settings import ConfigError, load_settings, settings_options
 from rules.settings import RulesSettings
 from rules.spec import RulesError, load_rules
-
-# Fewer young collections: each event allocates a few objects, none of them cyclic.
-GC_THRESHOLDS = (20_000, 10, 10)
 
 
 @click.group("rules", invoke_without_command=True)
@@ -54,8 +50,7 @@ def rules(ctx: click.Context, /, **values: Any) -> None:
     from schemas.serde import open_serde
     from schemas.topics import ALERTS, COMMANDS, RULES_STATE
 
-    gc.freeze()  # start-up objects are never collected: keep them out of every collection
-    gc.set_threshold(*GC_THRESHOLDS)
+    runtime.tune_gc()
     registry = CollectorRegistry()
     health = Health("rules")
     health.declare("broker", "assignment")
