@@ -161,6 +161,22 @@ class Engine:
         values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
         return sum(values) if values else 0.0
 
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 120) -> None:
+        """Until ``/readyz`` answers 200: the engine holds its partitions, state restored (a
+        fixed pause measured the group join on Apache Kafka, which can take longer)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the rules engine exited ({self.proc.returncode})")
+            try:
+                async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the rules engine was not ready within {timeout:.0f} s")
+
     async def histogram(
         self, session: aiohttp.ClientSession, name: str
     ) -> list[tuple[float, float]]:
@@ -315,9 +331,7 @@ async def latency(
             if isinstance(engine, Relay):
                 await engine.wait_ready()
             else:
-                while not await engine.metric(session, "convostream_rules_loaded"):
-                    await asyncio.sleep(0.2)
-                await asyncio.sleep(4.0)  # group joined and partitions assigned
+                await engine.wait_ready(session)  # group joined, every partition restored
             events = MONITOR_EVENTS.full_name(prefix)
             total = int(rate * seconds)
             trigger = re.compile(TRIGGER_MATCH)
