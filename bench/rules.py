@@ -53,6 +53,7 @@ from bench.process import make_event, percentile, prefill, raw_consumer
 from convostream import logs
 from convostream.broker import EmbeddedBroker, create_topics, free_port
 from convostream.kafka_engine import KafkaBroker
+from convostream.measure import wait_http
 from schemas.serde import Serde
 from schemas.topics import COMMANDS, MONITOR_EVENTS
 
@@ -161,21 +162,10 @@ class Engine:
         values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
         return sum(values) if values else 0.0
 
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 120) -> None:
+    async def wait_ready(self) -> None:
         """Until ``/readyz`` answers 200: the engine holds its partitions, state restored (a
         fixed pause measured the group join on Apache Kafka, which can take longer)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the rules engine exited ({self.proc.returncode})")
-            try:
-                async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"the rules engine was not ready within {timeout:.0f} s")
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{self.port}/readyz", 120)
 
     async def histogram(
         self, session: aiohttp.ClientSession, name: str
@@ -243,6 +233,11 @@ async def rules_throughput(
                 await asyncio.sleep(POLL)
             if t0 is None or t1 is None:
                 raise RuntimeError("the rules engine did not evaluate every event")
+            if t1 <= t0 or cpu1 <= cpu0:
+                raise RuntimeError(
+                    f"the engine evaluated {n} events within one poll ({POLL} s): too few to "
+                    "time, raise --events"
+                )
             return (n - first) / (t1 - t0), (n - first) / max(1e-9, cpu1 - cpu0)
     finally:
         engine.stop()
@@ -328,10 +323,7 @@ async def latency(
 
         reading = asyncio.create_task(read())
         async with aiohttp.ClientSession() as session:
-            if isinstance(engine, Relay):
-                await engine.wait_ready()
-            else:
-                await engine.wait_ready(session)  # group joined, every partition restored
+            await engine.wait_ready()  # the engine: group joined, every partition restored
             events = MONITOR_EVENTS.full_name(prefix)
             total = int(rate * seconds)
             trigger = re.compile(TRIGGER_MATCH)
