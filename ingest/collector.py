@@ -244,6 +244,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.collector_id,
                     monitor.reader.history(),
                     monitor.events_reached(monitor.last),
+                    monitor.reader.lasts(),
                 )
             )
         # With CONVOSTREAM_BROKER_COMPAT=tansu the last record of each partition goes alone:
@@ -372,7 +373,7 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
             if cid in self.monitors:
                 continue
             history, back = conv.history, read.get(cid)
-            monitor = Monitor(self.ctx, cid, conv.agent_id, history, self._ended, back)
+            monitor = Monitor(self.ctx, cid, conv.agent_id, history, self._ended, back, conv.lasts)
             conv.forget_history()
             self.monitors[cid] = monitor
             monitor.start()
@@ -469,7 +470,13 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                         reached = monitor.events_reached(snap[1])
                         self.publish_lifecycle(
                             checkpoint(
-                                cid, monitor.agent_id, self.collector_id, start, history, reached
+                                cid,
+                                monitor.agent_id,
+                                self.collector_id,
+                                start,
+                                history,
+                                reached,
+                                monitor.reader.lasts(start, size),
                             )
                         )
                         monitor.checkpointed = size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +130,13 @@ class FrameReader:
         """Frame digests this reader has seen (from frame ``start``), for the next owner."""
         return self._filter.history(start)
 
-    def seed(self, history: bytes) -> None:
-        """Continue from a previous owner's :meth:`history`."""
-        self._filter.seed(history)
+    def seed(self, history: bytes, lasts: Iterable[int] = ()) -> None:
+        """Continue from a previous owner's :meth:`history` and :meth:`lasts`."""
+        self._filter.seed(history, lasts)
+
+    def lasts(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Where the last frames of closed connections sit in the history (for the next owner)."""
+        return self._filter.lasts(start, end)
 
     def frame(self, data: bytes | str, received_at: int, now: float) -> Released:
         """Classify one frame; ``received_at`` is epoch microseconds, ``now`` monotonic seconds."""

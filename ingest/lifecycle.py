@@ -61,9 +61,10 @@ def released(
     collector_id: str,
     history: bytes,
     offset: int | None,
+    lasts: list[int] | None = None,
 ) -> dict[str, Any]:
     """The hand-over record: what the next owner must not publish again."""
-    detail = {"released": True, "offset": offset}
+    detail = {"released": True, "offset": offset, "lasts": lasts or []}
     return _with_history(conversation_id, agent_id, collector_id, detail, history)
 
 
@@ -74,10 +75,11 @@ def checkpoint(
     start: int,
     history: bytes,
     offset: int | None,
+    lasts: list[int] | None = None,
 ) -> dict[str, Any]:
     """Digests of the frames ``start``, ``start + 1``... acknowledged since the last checkpoint,
-    and the events offset they reach."""
-    detail = {"checkpoint": True, "from": start, "offset": offset}
+    the events offset they reach, and which of those frames ended a connection."""
+    detail = {"checkpoint": True, "from": start, "offset": offset, "lasts": lasts or []}
     return _with_history(conversation_id, agent_id, collector_id, detail, history)
 
 
@@ -110,12 +112,13 @@ class Observed:
     history_from: int = 0  # the frame the history starts at (0 for a hand-over)
     offset: int | None = None  # events offset the history reaches (hand-over or checkpoint)
     reading_since: int | None = None  # a collector started reading it: the record's ``at``
+    lasts: tuple[int, ...] = ()  # frames of the history that ended a connection (absolute)
 
 
 def observe(value: dict[str, Any]) -> Observed:
     """Interpret one decoded ConversationLifecycle record; never raises on odd details."""
     state = value.get("state")
-    history: tuple[bytes, int, int | None] | None = None
+    history: tuple[bytes, int, int | None, tuple[int, ...]] | None = None
     detail = value.get("detail")
     if state == "monitoring" and isinstance(detail, str) and '"history"' in detail:
         history = _history(detail)
@@ -129,20 +132,24 @@ def observe(value: dict[str, Any]) -> Observed:
         history_from=0 if history is None else history[1],
         offset=None if history is None else history[2],
         reading_since=value.get("at") if reading else None,
+        lasts=() if history is None else history[3],
     )
 
 
-def _history(detail: str) -> tuple[bytes, int, int | None] | None:
-    """Digests, first frame and events offset of a hand-over or checkpoint detail. A record
-    written before offsets were recorded has none: the next owner then reads nothing back."""
+def _history(detail: str) -> tuple[bytes, int, int | None, tuple[int, ...]] | None:
+    """Digests, first frame, events offset and connection ends of a hand-over or checkpoint
+    detail. A record written before offsets were recorded has none: the next owner then reads
+    nothing back; one written before connection ends were recorded has none either."""
     try:
         obj = orjson.loads(detail)
         raw = base64.b64decode(obj["history"], validate=True)
         start = int(obj.get("from", 0))
         offset = obj.get("offset")
         offset = None if offset is None else int(offset)
+        lasts = tuple(int(p) for p in obj.get("lasts") or ())
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, KeyError):
         return None
     if len(raw) % DIGEST_SIZE or start < 0 or (offset is not None and offset < 0):
         return None
-    return raw, start, offset
+    end = start + len(raw) // DIGEST_SIZE
+    return raw, start, offset, tuple(p for p in lasts if start <= p < end)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,7 @@ class Monitor:
         history: bytes | None,
         on_end: Callable[[Monitor, Ending], None],
         read_back: ReadBack | None = None,
+        lasts: Sequence[int] = (),
     ) -> None:
         self.ctx = ctx
         self.conversation_id = conversation_id
@@ -126,11 +127,11 @@ class Monitor:
             conversation_id, ctx.collector_id, agent_id, ctx.max_frame_bytes, replay
         )
         if history:
-            self.reader.seed(history)
+            self.reader.seed(history, lasts)
         self.checkpointed = self.reader.size  # frames the lifecycle topic already holds
         self.events_to: int | None = None  # every record below it is in the history
         if read_back is not None:
-            self.reader.seed(bytes(read_back.digests))
+            self.reader.seed(bytes(read_back.digests), read_back.lasts)
             self.events_to = read_back.events_to
         self._refusing = False
         self._on_end = on_end
@@ -236,10 +237,17 @@ class Monitor:
         try:
             while True:
                 if reader.pending:  # a replay burst is held: close it if the socket goes quiet
+                    poll = asyncio.timeout(BURST_POLL)  # wait_for may lose a cancel
                     try:
-                        async with asyncio.timeout(BURST_POLL):  # wait_for may lose a cancel
+                        async with poll:
                             data = await ws.recv(decode=False)
                     except TimeoutError:
+                        # A timeout that fires late went off while the loop was busy: frames
+                        # may have arrived meanwhile (they are read next), so the time it was
+                        # late is no quiet spell of the socket.
+                        late = loop.time() - (poll.when() or 0.0)
+                        if late > 0:
+                            reader.stalled(late)
                         if gate.is_set():
                             self._hand_on(reader.tick(loop.time()), loop.time())
                         else:  # paused: a burst released now would miss the hand-over

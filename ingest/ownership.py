@@ -37,10 +37,12 @@ class Conversation:
     history: bytes | None = None  # hand-over or checkpoints of the previous owner, if any
     events_from: int | None = None  # events offset from which ``history`` may lack records
     reading_since: int | None = None  # µs: a collector read it, before any history was written
+    lasts: tuple[int, ...] = ()  # frames of ``history`` that ended a connection
 
     def forget_history(self) -> None:
         """A monitor runs: what a new owner would start from is not needed here."""
         self.history = self.events_from = self.reading_since = None
+        self.lasts = ()
 
     def unrecorded(self) -> Unrecorded | None:
         """Where the records the previous owners published beyond ``history`` begin, if any."""
@@ -144,6 +146,8 @@ class Ledger:
             if history is not conv.history:  # it continued what we hold
                 conv.history = history
                 conv.events_from = seen.offset  # None (an older record): nothing to read back
+                start = seen.history_from
+                conv.lasts = (*(p for p in conv.lasts if p < start), *seen.lasts)
         elif seen.reading_since is not None and conv.reading_since is None:
             conv.reading_since = seen.reading_since
 

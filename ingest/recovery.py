@@ -20,7 +20,7 @@ from convostream.kafka_security import KafkaSecurity
 from convostream.logs import get_logger
 from convostream.topic_reader import Span, decoded, read_range
 from ingest.ownership import Unrecorded, partition_for
-from ingest.replay import frame_digest
+from ingest.replay import DIGEST_SIZE, frame_digest
 from schemas.serde import Serde
 
 log = get_logger("ingest.recovery")
@@ -41,6 +41,7 @@ class ReadBack:
 
     digests: bytearray
     events_to: int  # every record of the conversation below this offset is accounted for
+    lasts: list[int]  # records (counted from the first read back) that ended their connection
 
 
 class Tails:
@@ -50,6 +51,8 @@ class Tails:
         self.partitions = partitions
         self.wanted = {cid.encode("utf-8"): (cid, w) for cid, w in wanted.items()}
         self.found: dict[str, bytearray] = {cid: bytearray() for cid in wanted}
+        self.lasts: dict[str, list[int]] = {cid: [] for cid in wanted}
+        self._connection: dict[str, str] = {}
 
     def span(self) -> Span:
         """Where to read: per partition, the lowest offset and the earliest time wanted."""
@@ -73,14 +76,22 @@ class Tails:
         cid, want = hit
         return cid if want.offset is None or offset >= want.offset else None
 
-    def add(self, conversation_id: str, raw: str) -> None:
-        self.found[conversation_id] += frame_digest(raw.encode("utf-8", "surrogatepass"))
+    def add(self, conversation_id: str, raw: str, connection_id: str) -> None:
+        found = self.found[conversation_id]
+        if self._connection.setdefault(conversation_id, connection_id) != connection_id:
+            self._connection[conversation_id] = connection_id
+            self.lasts[conversation_id].append(len(found) // DIGEST_SIZE - 1)
+        found += frame_digest(raw.encode("utf-8", "surrogatepass"))
 
     def results(self, span: Span) -> dict[str, ReadBack]:
-        return {
-            cid: ReadBack(self.found[cid], span.reached[partition_for(cid, self.partitions)])
-            for cid, _ in self.wanted.values()
-        }
+        out = {}
+        for cid, _ in self.wanted.values():
+            found, lasts = self.found[cid], self.lasts[cid]
+            if found:  # the dead owner's last record may have ended its last connection too
+                lasts.append(len(found) // DIGEST_SIZE - 1)
+            reached = span.reached[partition_for(cid, self.partitions)]
+            out[cid] = ReadBack(found, reached, lasts)
+        return out
 
 
 async def read_back(
@@ -102,7 +113,7 @@ async def read_back(
             continue
         record = await decoded(serde, events_topic, message.value)
         if record is not None and record.schema_name == "MonitorEvent":
-            tails.add(cid, record.record["raw"])
+            tails.add(cid, record.record["raw"], record.record["connection_id"])
             read += 1
     results = tails.results(span)
     log.info("published records read back", conversations=len(wanted), records=read)

@@ -14,8 +14,10 @@ some legitimately repeat (chat deltas, status and metadata frames), so:
   :meth:`ReplayFilter.seed`).
 * **Replay bursts are buffered and aligned as a whole.** The burst ends at the upstream's
   ``history_complete`` marker when the connection announced markers (``connected``), else
-  after ``replay_size`` frames or a quiet spell of ``burst_gap`` seconds. A burst shorter
-  than ``replay_size`` that ended on the marker is the whole conversation: exact. Otherwise the
+  after ``replay_size`` frames or a quiet spell of ``burst_gap`` seconds (seen by
+  :meth:`ReplayFilter.tick`, called by a reader that found the socket empty: time its event
+  loop spent elsewhere is no quiet spell). A burst shorter than ``replay_size`` that ended on
+  the marker is the whole conversation: exact. Otherwise the
   window's start in our history is estimated from *anchors* (burst frames whose text we hold
   exactly once, in the recent history): each gives "history position minus burst position",
   and the median is taken. A burst copy is a duplicate only if a copy we hold sits at the same
@@ -23,6 +25,15 @@ some legitimately repeat (chat deltas, status and metadata frames), so:
   new frame identical to an older one is never taken for a replay unless the two are less
   than ``slack`` frames apart at the window's edge: that case is undecidable without upstream
   sequence numbers and is counted (:attr:`ReplayFilter.ambiguous`).
+* **Frames that overtook others.** The upstream may write an ``error`` frame ahead of frames
+  generated before it that its closing socket never wrote; the next replay brings them in
+  generation order, so the error frame sits far later in the window than in the history. The
+  last frame of each closed connection is remembered (and passed on with the history): held
+  once and generated within the window, it is matched wherever the burst has it, and its
+  place in the window's order is kept for the next alignment. Where it sits too near the
+  window's start to tell whether it belongs to the window, it is published and counted.
+* A marker-less burst shorter than ``replay_size`` is the whole conversation when the history
+  starts at its first frame, like one that ended on the marker: matched by counts.
 * **Gaps.** A full replay window that matches nothing we hold, or a full window with no
   history at all (a take-over without a hand-over or checkpoint, or a conversation found
   late), may have missed frames: reported, never hidden.
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import median_low
 
@@ -87,6 +99,11 @@ class History:
     def tail(self, start: int) -> bytes:
         """The digests from frame ``start`` on, concatenated."""
         return bytes(self._log[start * DIGEST_SIZE :])
+
+    def first(self, digest: bytes) -> int | None:
+        """Where the first copy of ``digest`` sits, if held."""
+        at = self._firsts[self._slot(digest)]
+        return at - 1 if at else None
 
     def count(self, digest: bytes) -> int:
         """Copies of ``digest`` held."""
@@ -162,7 +179,9 @@ class ReplayFilter:
         "_from_start",
         "_history",
         "_last_at",
+        "_lasts",
         "_markers",
+        "_placed",
         "_repeats",
         "_replay_size",
         "_seq",
@@ -187,6 +206,8 @@ class ReplayFilter:
         self._from_start = True  # the history starts at the conversation's first frame
         self._repeats = False  # some text came more than once
         self._last_at = 0.0
+        self._lasts: set[int] = set()  # where the last frame of each closed connection sits
+        self._placed: dict[int, int] = {}  # history position -> place in the window's order
         self._seq = 0
         self.gaps = 0
         self.ambiguous = 0
@@ -202,7 +223,10 @@ class ReplayFilter:
         return out
 
     def disconnected(self) -> Outcome:
-        return self._close_burst()
+        out = self._close_burst()
+        if self._seq and self.size:
+            self._lasts.add(self.size - 1)  # it may have overtaken frames the socket lost
+        return out
 
     def discard(self) -> None:
         """Forget the burst held, without adding it to the history."""
@@ -245,22 +269,31 @@ class ReplayFilter:
         """The digests seen from frame ``start`` on, concatenated (what :meth:`seed` takes)."""
         return self._history.tail(start)
 
-    def seed(self, history: bytes) -> None:
-        """Start from another collector's history, before the first connection."""
+    def seed(self, history: bytes, lasts: Iterable[int] = ()) -> None:
+        """Continue another collector's history (and :meth:`lasts`, counted from the start of
+        ``history``), before the first connection."""
+        base = self.size
         for pos in range(0, len(history) - DIGEST_SIZE + 1, DIGEST_SIZE):
             self._remember(history[pos : pos + DIGEST_SIZE])
+        self._lasts.update(base + p for p in lasts if 0 <= p < self.size - base)
+
+    def lasts(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Where the last frames of closed connections sit, from frame ``start`` to ``end``:
+        they may have overtaken frames their socket lost, so the next owner needs them."""
+        stop = self.size if end is None else end
+        return sorted(p for p in self._lasts if start <= p < stop)
 
     # ----- frames -----------------------------------------------------------------------------
     def observe(self, digest: bytes, now: float) -> Outcome:
-        """One frame: verdicts for it and for any buffered frames it releases, in order."""
+        """One frame: verdicts for it and for any buffered frames it releases, in order.
+
+        Only :meth:`tick` ends a burst on a quiet spell: the time between two frames seen here
+        includes any time the reader's event loop was busy elsewhere, while the replay's tail
+        was already waiting in the socket."""
         verdicts: list[Verdict] = []
         gap = None
         burst = self._burst
-        if (
-            burst
-            and not self._markers
-            and (now - self._last_at > self._burst_gap or len(burst) >= self._replay_size)
-        ):
+        if burst and not self._markers and len(burst) >= self._replay_size:
             verdicts, gap = self._close_burst()
             burst = None
         self._last_at = now
@@ -291,7 +324,8 @@ class ReplayFilter:
         if not burst:
             return NOTHING
         had = self.size
-        if exact and len(burst) < self._replay_size:
+        if len(burst) < self._replay_size and (exact or self._from_start):
+            # the replay was not full, so it went back to the conversation's first frame
             matched = self._match_all(burst)
         else:
             matched = self._match_window(burst)
@@ -315,11 +349,17 @@ class ReplayFilter:
     def _match_all(self, burst: list[tuple[bytes, int]]) -> list[bool]:
         """The burst is the whole conversation: the first copies of each text are the seen ones."""
         used: dict[bytes, int] = {}
+        history = self._history
         out = []
-        for digest, _ in burst:
+        for b, (digest, _) in enumerate(burst):
             j = used.get(digest, 0)
             used[digest] = j + 1
-            out.append(j < self._history.count(digest))
+            held = history.count(digest)
+            out.append(j < held)
+            if held == 1 and j == 0 and self._from_start:  # the burst's places are the history's
+                pos = history.first(digest)
+                if pos is not None and abs(pos - b) > self._slack:
+                    self._place(pos, b)
         return out
 
     def _match_window(self, burst: list[tuple[bytes, int]]) -> list[bool]:
@@ -328,9 +368,7 @@ class ReplayFilter:
         history = self._history
         size = len(history)
         first = max(0, size - self._replay_size - 2 * slack)
-        where: dict[bytes, list[int]] = {}
-        for pos in range(first, size):
-            where.setdefault(history.digest_at(pos), []).append(pos)
+        where = self._places(first)
         in_burst: dict[bytes, int] = {}
         for digest, _ in burst:
             in_burst[digest] = in_burst.get(digest, 0) + 1
@@ -343,7 +381,8 @@ class ReplayFilter:
             if in_burst[d] == 1 and d in where and history.count(d) == 1
         ]
         estimates = [e for e in estimates if lowest <= e <= size]
-        if estimates:
+        anchored = bool(estimates)
+        if anchored:
             start = median_low(estimates)
         else:  # only repeated texts overlap: the copies we hold fill the window's head
             held: dict[bytes, int] = {}
@@ -356,6 +395,7 @@ class ReplayFilter:
                 self.ambiguous += 1  # no text to anchor on: a repeat may pass for a replay
         out = []
         cursor: dict[bytes, int] = {}
+        matched: set[int] = set()
         for b, (digest, _) in enumerate(burst):
             spots = where.get(digest)
             if spots is None:
@@ -368,7 +408,69 @@ class ReplayFilter:
             if hit:
                 if spots[i] < start and (in_burst[digest] > 1 or history.count(digest) > 1):
                     self.ambiguous += 1  # a repeated text matched across the window's edge
+                matched.add(spots[i])
                 i += 1
             cursor[digest] = i
             out.append(hit)
+        if anchored:
+            self._match_displaced(burst, where, start, matched, out)
         return out
+
+    def _places(self, first: int) -> dict[bytes, list[int]]:
+        """Where each text's copies from ``first`` on sit in the window's order, ascending: at
+        their history position, or where an earlier replay showed them to belong."""
+        history, placed = self._history, self._placed
+        where: dict[bytes, list[int]] = {}
+        for pos in range(first, len(history)):
+            where.setdefault(history.digest_at(pos), []).append(placed.get(pos, pos))
+        if placed:
+            for pos, at in placed.items():
+                if pos < first <= at:
+                    where.setdefault(history.digest_at(pos), []).append(at)
+            for spots in where.values():
+                spots.sort()
+        return where
+
+    def _place(self, pos: int, at: int) -> None:
+        """Remember that the copy held at ``pos`` belongs at ``at`` in the window's order."""
+        placed = self._placed
+        placed[pos] = at
+        if len(placed) > 64:  # one per displaced frame: forget those no window reaches now
+            oldest = len(self._history) - 2 * self._replay_size
+            for old in [p for p, a in placed.items() if a < oldest]:
+                del placed[old]
+
+    def _match_displaced(
+        self,
+        burst: list[tuple[bytes, int]],
+        where: dict[bytes, list[int]],
+        start: int,
+        matched: set[int],
+        out: list[bool],
+    ) -> None:
+        """Match held copies that sit far from their place in the window.
+
+        An ``error`` frame is sent ahead of frames generated before it but not yet written,
+        which the next replay brings in generation order, so it sits later in the window than
+        in the history. Held copies from ``start + slack`` on were generated within the window:
+        the burst holds them wherever they sit in it, and copies are interchangeable, so the
+        first unmatched burst copies of each text take them. A text held once, as the last
+        frame of a connection, before that, which the burst carries elsewhere is either such a
+        frame or a new copy of an older one: undecidable, it is published and counted as
+        ambiguous."""
+        inside = start + self._slack
+        history, placed, lasts = self._history, self._placed, self._lasts
+        doubtful = set()
+        for b, (digest, _) in enumerate(burst):
+            if out[b] or history.count(digest) != 1:
+                continue
+            pos = history.first(digest)
+            if pos not in lasts or placed.get(pos, pos) in matched:
+                continue
+            if placed.get(pos, pos) >= inside:
+                out[b] = True
+                matched.add(placed.get(pos, pos))
+                self._place(pos, start + b)  # so the next window finds it in its place
+            else:
+                doubtful.add(digest)
+        self.ambiguous += len(doubtful)

@@ -69,10 +69,11 @@ def test_discovery_claims_only_new_conversations_of_owned_partitions() -> None:
 
 def test_hand_over_record_carries_the_history() -> None:
     history = b"".join(frame_digest(f"f{i}".encode()) for i in range(128))
-    seen = observe(released("c", "a", "collector-1", history, 77))
+    seen = observe(released("c", "a", "collector-1", history, 77, [3, 90, 500]))
     assert seen.live
     assert seen.history == history
     assert seen.offset == 77
+    assert seen.lasts == (3, 90)  # connection ends beyond the history are nonsense: dropped
     assert observe(record("c", "monitoring", detail={"released": True})).history is None
 
 
@@ -81,13 +82,17 @@ def test_checkpoints_extend_the_history_a_new_owner_starts_from() -> None:
     ledger.assign(0, end_offset=0)
     digests = [frame_digest(f"f{i}".encode()) for i in range(30)]
     ledger.apply(0, 0, observe(record("c", "discovered")))
-    ledger.apply(0, 1, observe(checkpoint("c", None, "k0", 0, b"".join(digests[:10]), 40)))
-    ledger.apply(0, 2, observe(checkpoint("c", None, "k0", 10, b"".join(digests[10:30]), 90)))
+    ledger.apply(0, 1, observe(checkpoint("c", None, "k0", 0, b"".join(digests[:10]), 40, [4])))
+    ledger.apply(
+        0, 2, observe(checkpoint("c", None, "k0", 10, b"".join(digests[10:30]), 90, [12, 29]))
+    )
     conv = ledger.owned[0].live["c"]
     assert conv.history == b"".join(digests)
+    assert conv.lasts == (4, 12, 29)
     assert conv.unrecorded() == Unrecorded(offset=90)
-    ledger.apply(0, 3, observe(released("c", None, "k0", b"".join(digests[:5]), 95)))
+    ledger.apply(0, 3, observe(released("c", None, "k0", b"".join(digests[:5]), 95, [4])))
     assert conv.history == b"".join(digests[:5])
+    assert conv.lasts == (4,)
     assert conv.unrecorded() == Unrecorded(offset=95)
 
 
@@ -216,18 +221,28 @@ def test_read_back_spans_each_partition_from_its_lowest_offset_or_earliest_time(
 
 
 def test_read_back_keeps_the_wanted_records_in_offset_order() -> None:
-    wanted = {"a": Unrecorded(offset=10), "b": Unrecorded(since_ms=1)}
+    """And says which records ended a connection of the dead owner (the last one included):
+    such a frame may have overtaken frames its socket lost, which the next replay brings."""
+    wanted = {"a": Unrecorded(offset=10), "b": Unrecorded(since_ms=1), "c": Unrecorded(offset=0)}
     tails = Tails(wanted, 1)
     span = tails.span()
-    frames = [("a", 9, "old"), ("b", 9, "b0"), ("x", 10, "other"), ("a", 11, "a1"), ("a", 12, "a0")]
-    for cid, offset, raw in frames:
+    frames = [
+        ("a", 9, "old", "k1"),
+        ("b", 9, "b0", "k1"),
+        ("x", 10, "other", "k1"),
+        ("a", 11, "a1", "k1"),
+        ("a", 12, "a0", "k2"),
+        ("a", 13, "a2", "k2"),
+    ]
+    for cid, offset, raw, connection in frames:
         hit = tails.needs(cid.encode(), offset)
         if hit is not None:
             assert hit == cid
-            tails.add(hit, raw)
+            tails.add(hit, raw, connection)
     assert tails.needs(None, 20) is None
-    span.reached[0] = 13
+    span.reached[0] = 14
     back = tails.results(span)
-    assert bytes(back["a"].digests) == frame_digest(b"a1") + frame_digest(b"a0")
+    assert bytes(back["a"].digests) == b"".join(frame_digest(t) for t in (b"a1", b"a0", b"a2"))
     assert bytes(back["b"].digests) == frame_digest(b"b0")
-    assert back["a"].events_to == back["b"].events_to == 13
+    assert back["a"].events_to == back["b"].events_to == 14
+    assert (back["a"].lasts, back["b"].lasts, back["c"].lasts) == ([0, 2], [0], [])

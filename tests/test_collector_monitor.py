@@ -4,6 +4,7 @@ land between two frames, where a real upstream cannot place them on purpose."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -136,13 +137,42 @@ async def test_a_publish_stall_inside_a_replay_burst_is_no_quiet_spell(rig: Any)
     assert monitor.reader.size == len(FRAMES)
 
 
+@pytest.mark.parametrize("timer_first", [False, True], ids=["frame-first", "timeout-first"])
+async def test_a_busy_event_loop_inside_a_replay_burst_is_no_quiet_spell(
+    rig: Any, timer_first: bool
+) -> None:
+    """The collector's loop is busy (a CPU-starved machine, a long batch) while the burst's tail
+    reaches the socket. After it, the loop may hand over the frame first or fire the overdue
+    poll timeout first (as with a real socket, whose data and timer are due in the same turn):
+    either way the time the loop was busy is no quiet spell, and the tail is matched."""
+    ctx, _, start = rig
+    monitor, sock = await start(b"".join(frame_digest(f) for f in FRAMES))  # all seen before
+    for frame in FRAMES[:2]:
+        sock.frames.put_nowait(frame)
+    await wait_for(lambda: sock.taken() and monitor.reader.pending)
+    loop = asyncio.get_running_loop()
+
+    def tail() -> None:
+        for frame in FRAMES[2:]:
+            sock.frames.put_nowait(frame)
+
+    if timer_first:  # due after the monitor's poll timeout, so run after it
+        loop.call_later(0.15, tail)
+    else:
+        tail()
+    time.sleep(0.5)  # noqa: ASYNC251 - the loop is busy: twice the quiet spell closing a burst
+    await wait_for(lambda: not monitor.reader.pending, 5)
+    assert ctx.publisher.records == 0  # the whole replay was recognised
+    assert monitor.reader.size == len(FRAMES)
+
+
 async def test_frames_read_back_continue_the_recorded_history(rig: Any) -> None:
     """A successor holds the checkpointed frames and, after them, those read back from the
     events topic: the replay of all of them publishes nothing; its next checkpoint starts where
     the recorded history ends, and says which offset it reaches once acknowledged."""
     ctx, _, start = rig
     recorded = b"".join(frame_digest(f) for f in FRAMES[:2])
-    back = ReadBack(bytearray(b"".join(frame_digest(f) for f in FRAMES[2:])), events_to=40)
+    back = ReadBack(bytearray(b"".join(frame_digest(f) for f in FRAMES[2:])), 40, [])
     monitor, sock = await start(recorded, read_back=back)
     assert (monitor.checkpointed, monitor.reader.size) == (2, len(FRAMES))
     for frame in FRAMES:

@@ -56,6 +56,7 @@ class Collector:
 
     def live(self, text: str) -> None:
         self.now += 0.5
+        self._take(self.filter.tick(self.now))  # the monitor polls a quiet socket with a burst held
         self._frame(text)
 
     def disconnect(self) -> None:
@@ -94,20 +95,24 @@ def run(
     rng: random.Random,
     markers: bool,
     takeover: tuple[int, str] | None = None,
-) -> tuple[list[Collector], int]:
+    errors: bool = False,
+) -> tuple[list[Collector], int, list[str]]:
     """Generate ``frames``; at each cut, the socket drops and ``missed`` frames go by unseen.
+    With ``errors``, a drop is an error close: its ``error`` frame, generated after the missed
+    frames, is sent ahead of them (as the upstream's queue of unwritten frames is dropped).
 
     ``takeover=(at, how)``: at that frame the owner dies and a new one continues, seeded from a
     hand-over (``"handover"``: everything), a checkpoint taken every 20 frames
-    (``"checkpoint"``), or nothing (``"none"``). Returns the collectors and how many
-    connections had a full replay window holding nothing the owner knew: exactly those must be
-    reported as gaps (frames before the window may be lost, and nothing proves otherwise).
+    (``"checkpoint"``), or nothing (``"none"``). Returns the collectors, how many connections
+    had a full replay window holding nothing the owner knew (exactly those must be reported as
+    gaps: frames before the window may be lost, and nothing proves otherwise) and every frame
+    generated, in order.
     """
     owner = Collector(markers)
     owners = [owner]
     server: list[str] = []
     known: set[int] = set()  # generated indices the current owner received or was seeded with
-    checkpoint: tuple[bytes, set[int]] = (b"", set())
+    checkpoint: tuple[bytes, list[int], set[int]] = (b"", [], set())
     blind = 0
 
     def connect() -> None:
@@ -123,45 +128,52 @@ def run(
         known.update(window)
 
     connect()
-    flight: list[int] = []  # generated, not yet delivered: a frame may overtake the one before
+    flight: list[int] = []  # generated (index in server), not yet delivered: may be overtaken
     i = 0
     while i < len(frames):
         if i % 20 == 0 and not flight:
-            checkpoint = (owner.filter.history(), set(known))
+            checkpoint = (owner.filter.history(), owner.filter.lasts(), set(known))
         if takeover is not None and i == takeover[0]:
             flight.clear()
             owner.disconnect()
             if takeover[1] == "handover":
-                seed, known = owner.filter.history(), set(known)
+                seed, lasts = owner.filter.history(), owner.filter.lasts()
             elif takeover[1] == "checkpoint":
-                seed, known = checkpoint[0], set(checkpoint[1])
+                seed, lasts, known = checkpoint[0], checkpoint[1], set(checkpoint[2])
             else:
-                seed, known = b"", set()
+                seed, lasts, known = b"", [], set()
             owner = Collector(markers)
-            owner.filter.seed(seed)
+            owner.filter.seed(seed, lasts)
             owners.append(owner)
             connect()
             takeover = None
             continue
         missed = cuts.pop(i, None)
         if missed is not None:
+            if takeover is not None:
+                missed = min(missed, takeover[0] - i)  # the owner dies at its frame, not past it
             flight.clear()  # lost with the socket; the replay has them
-            owner.disconnect()
             server.extend(frames[i : i + missed])
             i += missed
+            if errors:
+                server.append(f'{{"type":"error","drop":{len(server)}}}')
+                owner.live(server[-1])
+                known.add(len(server) - 1)
+            owner.disconnect()
             connect()
             continue
         server.append(frames[i])
-        flight.append(i)
-        while flight and (i - flight[0] >= 3 or rng.random() < 0.7):  # at most 3 places late
-            at = flight.pop(0 if i - flight[0] >= 3 else rng.randrange(len(flight)))
-            owner.live(frames[at])
+        flight.append(len(server) - 1)
+        last = len(server) - 1
+        while flight and (last - flight[0] >= 3 or rng.random() < 0.7):  # at most 3 places late
+            at = flight.pop(0 if last - flight[0] >= 3 else rng.randrange(len(flight)))
+            owner.live(server[at])
             known.add(at)
         i += 1
     for at in flight:
-        owner.live(frames[at])
+        owner.live(server[at])
     owner.disconnect()
-    return owners, blind
+    return owners, blind, server
 
 
 def check(frames: list[str], owners: list[Collector]) -> None:
@@ -186,16 +198,17 @@ cuts_strategy = st.dictionaries(st.integers(1, 400), st.integers(0, 99), max_siz
     seed=st.integers(0, 2**32),
     repeat_ratio=st.sampled_from([0.0, 0.1, 0.2]),
     markers=st.booleans(),
+    errors=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
 def test_every_occurrence_once_when_the_replay_covers(
-    total: int, cuts: dict[int, int], seed: int, repeat_ratio: float, markers: bool
+    total: int, cuts: dict[int, int], seed: int, repeat_ratio: float, markers: bool, errors: bool
 ) -> None:
     rng = random.Random(seed)
     frames = conversation(rng, total, repeat_ratio)
-    (owner,), blind = run(frames, dict(cuts), rng, markers)
-    if repeat_ratio == 0:
-        assert owner.filter.ambiguous == 0  # unique frames are always decidable
+    (owner,), blind, frames = run(frames, dict(cuts), rng, markers, errors=errors)
+    if repeat_ratio == 0 and not errors:
+        assert owner.filter.ambiguous == 0  # unique frames that overtake none are decidable
     if owner.filter.ambiguous:
         return  # counted: the upstream gave no way to tell (see ingest.replay)
     if blind >= 1000:
@@ -212,14 +225,15 @@ def test_every_occurrence_once_when_the_replay_covers(
     seed=st.integers(0, 2**32),
     repeat_ratio=st.sampled_from([0.0, 0.2]),
     markers=st.booleans(),
+    errors=st.booleans(),
 )
 @settings(max_examples=100, deadline=None)
 def test_a_replay_that_cannot_cover_reports_a_gap(
-    extra: int, at: int, missed: int, seed: int, repeat_ratio: float, markers: bool
+    extra: int, at: int, missed: int, seed: int, repeat_ratio: float, markers: bool, errors: bool
 ) -> None:
     rng = random.Random(seed)
     frames = conversation(rng, at + missed + extra, repeat_ratio)
-    (owner,), blind = run(frames, {at: missed}, rng, markers)
+    (owner,), blind, _ = run(frames, {at: missed}, rng, markers, errors=errors)
     assert blind >= 1
     assert owner.gaps == 1 or owner.filter.ambiguous or blind >= 1000
 
@@ -231,20 +245,30 @@ def test_a_replay_that_cannot_cover_reports_a_gap(
     repeat_ratio=st.sampled_from([0.0, 0.1, 0.2]),
     markers=st.booleans(),
     how=st.sampled_from(["handover", "checkpoint", "none"]),
+    cuts=cuts_strategy,
+    errors=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
 def test_take_overs_publish_each_occurrence_under_one_key(
-    total: int, data: st.DataObject, seed: int, repeat_ratio: float, markers: bool, how: str
+    total: int,
+    data: st.DataObject,
+    seed: int,
+    repeat_ratio: float,
+    markers: bool,
+    how: str,
+    cuts: dict[int, int],
+    errors: bool,
 ) -> None:
     """After a hand-over nothing is published twice; after a crash, copies keep their keys; a
-    take-over whose replay cannot reach what the dead owner published last says so."""
+    take-over whose replay cannot reach what the dead owner published last says so. Drops
+    before and after it, with ``error`` frames that overtake the frames their socket lost."""
     at = data.draw(st.integers(1, total - 1))
     rng = random.Random(seed)
     frames = conversation(rng, total, repeat_ratio)
-    owners, blind = run(frames, {}, rng, markers, takeover=(at, how))
+    owners, blind, frames = run(frames, dict(cuts), rng, markers, (at, how), errors)
     old, new = owners
     if old.filter.ambiguous or new.filter.ambiguous:
-        assert repeat_ratio > 0
+        assert repeat_ratio > 0 or errors
         return
     if blind >= 1000:
         return
@@ -265,6 +289,28 @@ def test_a_new_frame_identical_to_an_old_one_is_not_taken_for_a_replay() -> None
     owner.disconnect()
     owner.connect(frames)
     assert sorted(owner.published) == sorted(owed(frames))
+
+
+def test_an_error_frame_that_overtook_lost_frames_keeps_its_one_key() -> None:
+    """The upstream writes the ``error`` frame ahead of frames its socket never wrote; the next
+    replay brings it after them, 20 places from where the history holds it. Neither the owner
+    nor a successor seeded with its hand-over takes it for a new copy."""
+    frames = [f'{{"n":{i}}}' for i in range(150)]
+    lost = [f'{{"lost":{i}}}' for i in range(20)]
+    error = '{"type":"error","error_event":{"code":1011,"error_type":"unknown"}}'
+    owner = Collector(markers=False)
+    owner.connect([])
+    for text in [*frames, error]:
+        owner.live(text)
+    owner.disconnect()
+    server = [*frames, *lost, error]
+    successor = Collector(markers=False)
+    successor.filter.seed(owner.filter.history(), owner.filter.lasts())
+    owner.connect(server)
+    successor.connect(server)
+    assert sorted(owner.published) == sorted(owed(server))
+    assert successor.published == [(text, 0) for text in lost]
+    assert owner.filter.ambiguous == successor.filter.ambiguous == 0
 
 
 def test_keys_are_the_same_for_any_collector_that_saw_the_same_frames() -> None:
