@@ -32,11 +32,12 @@ some legitimately repeat (chat deltas, status and metadata frames), so:
   once and generated within the window, it is matched wherever the burst has it, and its
   place in the window's order is kept for the next alignment. Where it sits too near the
   window's start to tell whether it belongs to the window, it is published and counted.
-* A marker-less burst shorter than ``replay_size`` is the whole conversation when the history
-  starts at its first frame, like one that ended on the marker: matched by counts.
+* **Replays cut short.** A socket may drop part-way through its replay: the burst is then
+  the window's head only, so the window is taken as long as it may be when placing it, and a
+  head of more than ``slack`` frames that overlaps nothing we hold starts past all of it.
 * **Gaps.** A full replay window that matches nothing we hold, or a full window with no
   history at all (a take-over without a hand-over or checkpoint, or a conversation found
-  late), may have missed frames: reported, never hidden.
+  late), or a head cut short as above, may have missed frames: reported, never hidden.
 * Frames that arrive live are never matched against the history.
 
 Time is passed in (monotonic seconds), so every rule is testable without a clock.
@@ -223,7 +224,7 @@ class ReplayFilter:
         return out
 
     def disconnected(self) -> Outcome:
-        out = self._close_burst()
+        out = self._close_burst(cut=True)
         if self._seq and self.size:
             self._lasts.add(self.size - 1)  # it may have overtaken frames the socket lost
         return out
@@ -317,18 +318,18 @@ class ReplayFilter:
             self._repeats = True
         return n
 
-    def _close_burst(self) -> Outcome:
+    def _close_burst(self, cut: bool = False) -> Outcome:
+        """Align and release the burst; ``cut``: its socket closed, maybe mid-replay."""
         burst, exact = self._burst, self._exact
         self._burst = None
         self._exact = False
         if not burst:
             return NOTHING
         had = self.size
-        if len(burst) < self._replay_size and (exact or self._from_start):
-            # the replay was not full, so it went back to the conversation's first frame
+        if exact and len(burst) < self._replay_size:
             matched = self._match_all(burst)
         else:
-            matched = self._match_window(burst)
+            matched = self._match_window(burst, cut)
         verdicts = []
         for (digest, seq), dup in zip(burst, matched, strict=True):
             if dup:
@@ -339,7 +340,10 @@ class ReplayFilter:
         thin = 0 < sum(matched) <= self._slack
         if len(burst) >= self._replay_size and thin and self._repeats:
             self.ambiguous += 1  # a thin overlap: it may be a repeat, the window not ours
-        if len(burst) >= self._replay_size and not any(matched):
+        # A window's head holds what we hold, if it overlaps it at all: one cut short that
+        # overlaps nothing held (beyond frames lost in flight) starts past all of it.
+        head = len(burst) >= self._replay_size or (cut and had and len(burst) > self._slack)
+        if head and not any(matched):
             self.gaps += 1
             gap = Gap(len(burst), had, "no_overlap" if had else "no_history")
             if not had:
@@ -362,8 +366,9 @@ class ReplayFilter:
                     self._place(pos, b)
         return out
 
-    def _match_window(self, burst: list[tuple[bytes, int]]) -> list[bool]:
-        """Match burst copies to held copies that sit at the same place in the window."""
+    def _match_window(self, burst: list[tuple[bytes, int]], cut: bool) -> list[bool]:
+        """Match burst copies to held copies that sit at the same place in the window (a burst
+        ``cut`` short by its socket may lack the window's tail: only places count)."""
         slack = self._slack
         history = self._history
         size = len(history)
@@ -372,7 +377,8 @@ class ReplayFilter:
         in_burst: dict[bytes, int] = {}
         for digest, _ in burst:
             in_burst[digest] = in_burst.get(digest, 0) + 1
-        lowest = size - len(burst) - slack  # we hold at most the window's frames, and slack
+        # We hold at most the window's frames, and slack; a burst cut short is only its head.
+        lowest = size - max(len(burst), self._replay_size if cut else 0) - slack
         if self._from_start:
             lowest = max(lowest, 0)  # the window cannot start before the conversation
         estimates = [
@@ -384,6 +390,10 @@ class ReplayFilter:
         anchored = bool(estimates)
         if anchored:
             start = median_low(estimates)
+        elif cut:  # the window's head, nothing to anchor on: the window is as long as may be
+            start = max(0, size - self._replay_size)
+            if any(d in where for d in in_burst):
+                self.ambiguous += 1  # a repeat may pass for a replay
         else:  # only repeated texts overlap: the copies we hold fill the window's head
             held: dict[bytes, int] = {}
             for pos in range(max(0, size - len(burst) - slack), size):

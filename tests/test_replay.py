@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.replay import DIGEST_SIZE, REPLAY_SIZE, History, ReplayFilter, event_key, frame_digest
+from ingest.replay import (
+    ALIGN_SLACK,
+    DIGEST_SIZE,
+    REPLAY_SIZE,
+    History,
+    ReplayFilter,
+    event_key,
+    frame_digest,
+)
 
 CID = "c1"
 
@@ -40,15 +48,18 @@ class Collector:
     gaps: int = 0
     _held: list[str] = field(default_factory=list)
 
-    def connect(self, server: list[str]) -> None:
+    def connect(self, server: list[str], cut: int | None = None) -> None:
+        """Receive the replay; ``cut``: the socket drops after that many of its frames."""
         self.now += 1.0
         self._take(self.filter.connected(self.now))
         if self.markers:
             self._take(self.filter.marker("connected", self.now))
-        for text in server[-REPLAY_SIZE:]:  # the burst: back to back, generation order
+        for text in server[-REPLAY_SIZE:][:cut]:  # the burst: back to back, generation order
             self.now += 0.001
             self._frame(text)
-        if self.markers:
+        if cut is not None:
+            self.disconnect()
+        elif self.markers:
             self._take(self.filter.marker("history_complete", self.now))
         else:
             self.now += 1.0
@@ -96,10 +107,12 @@ def run(
     markers: bool,
     takeover: tuple[int, str] | None = None,
     errors: bool = False,
+    cuts_replays: bool = False,
 ) -> tuple[list[Collector], int, list[str]]:
     """Generate ``frames``; at each cut, the socket drops and ``missed`` frames go by unseen.
     With ``errors``, a drop is an error close: its ``error`` frame, generated after the missed
     frames, is sent ahead of them (as the upstream's queue of unwritten frames is dropped).
+    With ``cuts_replays``, some reconnections drop part-way through their replay first.
 
     ``takeover=(at, how)``: at that frame the owner dies and a new one continues, seeded from a
     hand-over (``"handover"``: everything), a checkpoint taken every 20 frames
@@ -118,6 +131,16 @@ def run(
     def connect() -> None:
         nonlocal blind
         window = range(max(0, len(server) - REPLAY_SIZE), len(server))
+        if cuts_replays and window and rng.random() < 0.3:  # dropped mid-replay, then again
+            cut = rng.randrange(1, len(window) + 1)
+            head = set(window[:cut])
+            if not known & head:  # a head of more than the slack that overlaps nothing held
+                if known and ALIGN_SLACK < cut < REPLAY_SIZE:  # starts past all we hold
+                    blind += 1
+                elif set(range(window.start)) - known:
+                    blind += 1000  # a short head, or nothing held: nothing tells
+            owner.connect(server, cut)
+            known.update(head)
         if len(server) >= REPLAY_SIZE and not known & set(window):
             blind += 1
         elif set(range(window.start)) - known:
@@ -199,14 +222,23 @@ cuts_strategy = st.dictionaries(st.integers(1, 400), st.integers(0, 99), max_siz
     repeat_ratio=st.sampled_from([0.0, 0.1, 0.2]),
     markers=st.booleans(),
     errors=st.booleans(),
+    cut_replays=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
 def test_every_occurrence_once_when_the_replay_covers(
-    total: int, cuts: dict[int, int], seed: int, repeat_ratio: float, markers: bool, errors: bool
+    total: int,
+    cuts: dict[int, int],
+    seed: int,
+    repeat_ratio: float,
+    markers: bool,
+    errors: bool,
+    cut_replays: bool,
 ) -> None:
     rng = random.Random(seed)
     frames = conversation(rng, total, repeat_ratio)
-    (owner,), blind, frames = run(frames, dict(cuts), rng, markers, errors=errors)
+    (owner,), blind, frames = run(
+        frames, dict(cuts), rng, markers, errors=errors, cuts_replays=cut_replays
+    )
     if repeat_ratio == 0 and not errors:
         assert owner.filter.ambiguous == 0  # unique frames that overtake none are decidable
     if owner.filter.ambiguous:
@@ -226,14 +258,24 @@ def test_every_occurrence_once_when_the_replay_covers(
     repeat_ratio=st.sampled_from([0.0, 0.2]),
     markers=st.booleans(),
     errors=st.booleans(),
+    cut_replays=st.booleans(),
 )
 @settings(max_examples=100, deadline=None)
 def test_a_replay_that_cannot_cover_reports_a_gap(
-    extra: int, at: int, missed: int, seed: int, repeat_ratio: float, markers: bool, errors: bool
+    extra: int,
+    at: int,
+    missed: int,
+    seed: int,
+    repeat_ratio: float,
+    markers: bool,
+    errors: bool,
+    cut_replays: bool,
 ) -> None:
     rng = random.Random(seed)
     frames = conversation(rng, at + missed + extra, repeat_ratio)
-    (owner,), blind, _ = run(frames, {at: missed}, rng, markers, errors=errors)
+    (owner,), blind, _ = run(
+        frames, {at: missed}, rng, markers, errors=errors, cuts_replays=cut_replays
+    )
     assert blind >= 1
     assert owner.gaps == 1 or owner.filter.ambiguous or blind >= 1000
 
@@ -247,6 +289,7 @@ def test_a_replay_that_cannot_cover_reports_a_gap(
     how=st.sampled_from(["handover", "checkpoint", "none"]),
     cuts=cuts_strategy,
     errors=st.booleans(),
+    cut_replays=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
 def test_take_overs_publish_each_occurrence_under_one_key(
@@ -258,14 +301,16 @@ def test_take_overs_publish_each_occurrence_under_one_key(
     how: str,
     cuts: dict[int, int],
     errors: bool,
+    cut_replays: bool,
 ) -> None:
     """After a hand-over nothing is published twice; after a crash, copies keep their keys; a
     take-over whose replay cannot reach what the dead owner published last says so. Drops
-    before and after it, with ``error`` frames that overtake the frames their socket lost."""
+    before and after it, with ``error`` frames that overtake the frames their socket lost, and
+    replays cut short by a drop."""
     at = data.draw(st.integers(1, total - 1))
     rng = random.Random(seed)
     frames = conversation(rng, total, repeat_ratio)
-    owners, blind, frames = run(frames, dict(cuts), rng, markers, (at, how), errors)
+    owners, blind, frames = run(frames, dict(cuts), rng, markers, (at, how), errors, cut_replays)
     old, new = owners
     if old.filter.ambiguous or new.filter.ambiguous:
         assert repeat_ratio > 0 or errors
