@@ -423,7 +423,7 @@ class ReplayFilter:
             cursor[digest] = i
             out.append(hit)
         if anchored:
-            self._match_displaced(burst, where, start, matched, out)
+            self._match_displaced(burst, start, matched, out)
         return out
 
     def _places(self, first: int) -> dict[bytes, list[int]]:
@@ -451,23 +451,16 @@ class ReplayFilter:
                 del placed[old]
 
     def _match_displaced(
-        self,
-        burst: list[tuple[bytes, int]],
-        where: dict[bytes, list[int]],
-        start: int,
-        matched: set[int],
-        out: list[bool],
+        self, burst: list[tuple[bytes, int]], start: int, matched: set[int], out: list[bool]
     ) -> None:
-        """Match held copies that sit far from their place in the window.
+        """Match the last frames of closed connections that sit far from their place.
 
         An ``error`` frame is sent ahead of frames generated before it but not yet written,
         which the next replay brings in generation order, so it sits later in the window than
-        in the history. Held copies from ``start + slack`` on were generated within the window:
-        the burst holds them wherever they sit in it, and copies are interchangeable, so the
-        first unmatched burst copies of each text take them. A text held once, as the last
-        frame of a connection, before that, which the burst carries elsewhere is either such a
-        frame or a new copy of an older one: undecidable, it is published and counted as
-        ambiguous."""
+        in the history. Held once, from ``start + slack`` on, it was generated within the
+        window, so the burst holds it wherever it sits there. Held before that, the burst's
+        copy is either it or a new copy of an older frame: undecidable, it is published and
+        counted as ambiguous."""
         inside = start + self._slack
         history, placed, lasts = self._history, self._placed, self._lasts
         doubtful = set()
