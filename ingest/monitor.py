@@ -320,7 +320,7 @@ class Monitor:
     def _gap(self, gap: Gap) -> None:
         self.ctx.metrics.gaps.inc()
         log.warning(
-            "replay did not cover a disconnect",
+            "replay may not cover a disconnect",
             conversation_id=self.conversation_id,
             replayed=gap.replayed,
             history=gap.history,

@@ -37,7 +37,9 @@ some legitimately repeat (chat deltas, status and metadata frames), so:
   head of more than ``slack`` frames that overlaps nothing we hold starts past all of it.
 * **Gaps.** A full replay window that matches nothing we hold, or a full window with no
   history at all (a take-over without a hand-over or checkpoint, or a conversation found
-  late), or a head cut short as above, may have missed frames: reported, never hidden.
+  late), or a head cut short as above, may have missed frames: reported, never hidden. A
+  full window that overlaps what we hold by no more than ``slack`` frames, when texts
+  repeat, is reported too (``thin_overlap``): a repeat may have passed for a replay there.
 * Frames that arrive live are never matched against the history.
 
 Time is passed in (monotonic seconds), so every rule is testable without a clock.
@@ -163,7 +165,7 @@ class Gap:
 
     replayed: int
     history: int
-    reason: str  # "no_overlap" or "no_history"
+    reason: str  # "no_overlap", "no_history" or "thin_overlap" (covered, but not provably)
 
 
 Outcome = tuple[list[Verdict], Gap | None]
@@ -339,7 +341,11 @@ class ReplayFilter:
         gap = None
         thin = 0 < sum(matched) <= self._slack
         if len(burst) >= self._replay_size and thin and self._repeats:
-            self.ambiguous += 1  # a thin overlap: it may be a repeat, the window not ours
+            # A thin overlap: a repeat may pass for a replay, or a replayed copy for a repeat,
+            # so some frame may be lost or doubled: said as a gap, for the post-call repair.
+            self.ambiguous += 1
+            self.gaps += 1
+            gap = Gap(len(burst), had, "thin_overlap")
         # A window's head holds what we hold, if it overlaps it at all: one cut short that
         # overlaps nothing held (beyond frames lost in flight) starts past all of it.
         head = len(burst) >= self._replay_size or (cut and had and len(burst) > self._slack)
@@ -382,7 +388,7 @@ class ReplayFilter:
         if self._from_start:
             lowest = max(lowest, 0)  # the window cannot start before the conversation
         estimates = [
-            where[d][0] - b
+            where[d][0][0] - b
             for b, (d, _) in enumerate(burst)
             if in_burst[d] == 1 and d in where and history.count(d) == 1
         ]
@@ -405,20 +411,20 @@ class ReplayFilter:
                 self.ambiguous += 1  # no text to anchor on: a repeat may pass for a replay
         out = []
         cursor: dict[bytes, int] = {}
-        matched: set[int] = set()
+        matched: set[int] = set()  # history positions of the held copies matched
         for b, (digest, _) in enumerate(burst):
             spots = where.get(digest)
             if spots is None:
                 out.append(False)
                 continue
             i = cursor.get(digest, 0)
-            while i < len(spots) and spots[i] - start < b - slack:
+            while i < len(spots) and spots[i][0] - start < b - slack:
                 i += 1  # held copy well before this one's place: an earlier occurrence
-            hit = i < len(spots) and spots[i] - start <= b + slack
+            hit = i < len(spots) and spots[i][0] - start <= b + slack
             if hit:
-                if spots[i] < start and (in_burst[digest] > 1 or history.count(digest) > 1):
+                if spots[i][0] < start and (in_burst[digest] > 1 or history.count(digest) > 1):
                     self.ambiguous += 1  # a repeated text matched across the window's edge
-                matched.add(spots[i])
+                matched.add(spots[i][1])
                 i += 1
             cursor[digest] = i
             out.append(hit)
@@ -426,17 +432,18 @@ class ReplayFilter:
             self._match_displaced(burst, start, matched, out)
         return out
 
-    def _places(self, first: int) -> dict[bytes, list[int]]:
-        """Where each text's copies from ``first`` on sit in the window's order, ascending: at
-        their history position, or where an earlier replay showed them to belong."""
+    def _places(self, first: int) -> dict[bytes, list[tuple[int, int]]]:
+        """Where each text's copies from ``first`` on sit in the window's order, ascending, and
+        where they sit in the history: at their history position, or where an earlier replay
+        showed them to belong."""
         history, placed = self._history, self._placed
-        where: dict[bytes, list[int]] = {}
+        where: dict[bytes, list[tuple[int, int]]] = {}
         for pos in range(first, len(history)):
-            where.setdefault(history.digest_at(pos), []).append(placed.get(pos, pos))
+            where.setdefault(history.digest_at(pos), []).append((placed.get(pos, pos), pos))
         if placed:
             for pos, at in placed.items():
                 if pos < first <= at:
-                    where.setdefault(history.digest_at(pos), []).append(at)
+                    where.setdefault(history.digest_at(pos), []).append((at, pos))
             for spots in where.values():
                 spots.sort()
         return where
@@ -468,11 +475,11 @@ class ReplayFilter:
             if out[b] or history.count(digest) != 1:
                 continue
             pos = history.first(digest)
-            if pos not in lasts or placed.get(pos, pos) in matched:
+            if pos is None or pos not in lasts or pos in matched:
                 continue
             if placed.get(pos, pos) >= inside:
                 out[b] = True
-                matched.add(placed.get(pos, pos))
+                matched.add(pos)
                 self._place(pos, start + b)  # so the next window finds it in its place
             else:
                 doubtful.add(digest)

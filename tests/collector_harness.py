@@ -107,6 +107,16 @@ async def read_topic(bootstrap: str, topic: str, serde: Serde = SERDE) -> list[R
     ]
 
 
+def dump_records(path: Path, records: Iterable[Record]) -> None:
+    """Write records as JSON lines (payloads left out), kept beside a test's logs so that a
+    failure can be diagnosed after the broker is gone."""
+    with path.open("w") as out:
+        for rec in records:
+            value = {k: v for k, v in rec.value.items() if k != "payload"}
+            line = {"partition": rec.partition, "offset": rec.offset, **value}
+            out.write(json.dumps(line, default=str) + "\n")
+
+
 def ground_truth(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 

@@ -30,6 +30,7 @@ from tests.collector_harness import (
     Record,
     check_events,
     collector_env,
+    dump_records,
     ground_truth,
     read_topic,
     unreported_loss,
@@ -210,6 +211,7 @@ async def test_killed_collector_loses_nothing(
     assert max(per_conversation.values()) > 150  # longer than the replay window
     events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
     lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
+    dump_records(tmp_path / "topics.jsonl", [*events, *lifecycle])
     short, extra = _occurrence_check(truth, events, lifecycle)
     assert extra == []  # no occurrence of a repeated text got a second key
     assert short == []  # nothing lost unless a gap says so
@@ -389,6 +391,7 @@ async def test_sigkill_with_repeats_markers_reorder_and_drops_keeps_one_key_per_
     assert len(truth) > len({(g["conversation_id"], g["frame"]) for g in truth})  # repeats
     events = await read_topic(kafka_broker.bootstrap, MONITOR_EVENTS.full_name(prefix))
     lifecycle = await read_topic(kafka_broker.bootstrap, CONVERSATIONS.full_name(prefix))
+    dump_records(tmp_path / "topics.jsonl", [*events, *lifecycle])
     short, extra = _occurrence_check(truth, events, lifecycle)
     assert extra == []  # no occurrence ever got two keys
     assert short == []  # nothing lost unless a gap says so
