@@ -20,11 +20,15 @@ some legitimately repeat (chat deltas, status and metadata frames), so:
   the marker is the whole conversation: exact. Otherwise the
   window's start in our history is estimated from *anchors* (burst frames whose text we hold
   exactly once, in the recent history): each gives "history position minus burst position",
-  and the median is taken. A burst copy is a duplicate only if a copy we hold sits at the same
-  place in the window, give or take ``slack`` frames (live frames overtake each other), so a
-  new frame identical to an older one is never taken for a replay unless the two are less
-  than ``slack`` frames apart at the window's edge: that case is undecidable without upstream
-  sequence numbers and is counted (:attr:`ReplayFilter.ambiguous`).
+  and the median of the densest run of them is taken (new copies of older frames pass for
+  anchors, but scatter). Held copies from ``slack`` frames past that start on were generated
+  within the window, so when more than ``slack`` anchors agree on it, the burst's copies of
+  their text are theirs by count, wherever they sit (bursty generation reorders further than
+  any fixed slack). Nearer the start, a burst copy is a duplicate only if a copy we hold sits
+  at the same place in the window, give or take ``slack`` frames, so a new frame identical to
+  an older one is never taken for a replay unless the two are less than ``slack`` frames apart
+  at the window's edge: that case is undecidable without upstream sequence numbers and is
+  counted (:attr:`ReplayFilter.ambiguous`).
 * **Frames that overtook others.** The upstream may write an ``error`` frame ahead of frames
   generated before it that its closing socket never wrote; the next replay brings them in
   generation order, so the error frame sits far later in the window than in the history. The
@@ -57,6 +61,20 @@ REPLAY_SIZE = 100
 DIGEST_SIZE = 16
 ALIGN_SLACK = 8  # how far out of order live frames may arrive, in frames
 BURST_CAP = 4  # with markers, a burst longer than this many replay windows is closed anyway
+
+
+def _densest(estimates: list[int], width: int) -> tuple[int, int]:
+    """The median of the densest run of ``estimates`` no wider than ``width``, and how many it
+    holds: anchors that are really new copies of older frames scatter, while the window's own
+    agree within the reordering."""
+    ordered = sorted(estimates)
+    lo, best = 0, (0, 0)
+    for hi, value in enumerate(ordered):
+        while value - ordered[lo] > width:
+            lo += 1
+        if hi - lo > best[1] - best[0]:
+            best = (lo, hi)
+    return median_low(ordered[best[0] : best[1] + 1]), best[1] - best[0] + 1
 
 
 def frame_digest(raw: bytes) -> bytes:
@@ -393,9 +411,10 @@ class ReplayFilter:
             if in_burst[d] == 1 and d in where and history.count(d) == 1
         ]
         estimates = [e for e in estimates if lowest <= e <= size]
-        anchored = bool(estimates)
-        if anchored:
-            start = median_low(estimates)
+        anchored = False  # the window's start is known well enough to trust places far from it
+        if estimates:
+            start, support = _densest(estimates, 2 * slack)
+            anchored = support > slack
         elif cut:  # the window's head, nothing to anchor on: the window is as long as may be
             start = max(0, size - self._replay_size)
             if any(d in where for d in in_burst):
@@ -409,27 +428,42 @@ class ReplayFilter:
             start = size - overlap
             if overlap:
                 self.ambiguous += 1  # no text to anchor on: a repeat may pass for a replay
-        out = []
-        cursor: dict[bytes, int] = {}
-        matched: set[int] = set()  # history positions of the held copies matched
+        # Held copies from ``start + slack`` on were generated within the window (for a burst
+        # cut short, up to ``slack`` before its end), so the burst holds them wherever they sit
+        # in it: bursty generation reorders live frames further than a fixed slack, and an
+        # error frame overtakes frames its socket lost. Copies are interchangeable, so those
+        # take the burst's first free copies of their text. Nearer the window's start, a held
+        # copy may predate the window: only a burst copy at its place, within ``slack``, is it.
+        sure_from = start + slack if anchored else size + 1
+        sure_to = start + len(burst) - slack if cut else size
+        copies: dict[bytes, list[int]] = {}
         for b, (digest, _) in enumerate(burst):
-            spots = where.get(digest)
-            if spots is None:
-                out.append(False)
-                continue
-            i = cursor.get(digest, 0)
-            while i < len(spots) and spots[i][0] - start < b - slack:
-                i += 1  # held copy well before this one's place: an earlier occurrence
-            hit = i < len(spots) and spots[i][0] - start <= b + slack
-            if hit:
-                if spots[i][0] < start and (in_burst[digest] > 1 or history.count(digest) > 1):
+            copies.setdefault(digest, []).append(b)
+        out = [False] * len(burst)
+        matched: set[int] = set()  # history positions of the held copies matched
+        for digest, free in copies.items():
+            sure: list[tuple[int, int]] = []
+            for at, pos in where.get(digest, ()):
+                if sure_from <= at < sure_to:
+                    sure.append((at, pos))
+                    continue
+                place = at - start
+                near = next((b for b in free if abs(place - b) <= slack), None)
+                if near is None:
+                    continue
+                b = near
+                if place < 0 and (len(free) > 1 or history.count(digest) > 1):
                     self.ambiguous += 1  # a repeated text matched across the window's edge
-                matched.add(spots[i][1])
-                i += 1
-            cursor[digest] = i
-            out.append(hit)
-        if anchored:
-            self._match_displaced(burst, start, matched, out)
+                free.remove(b)
+                out[b] = True
+                matched.add(pos)
+            for (at, pos), b in zip(sure, free, strict=False):
+                out[b] = True
+                matched.add(pos)
+                if abs(at - start - b) > slack and history.count(digest) == 1:
+                    self._place(pos, start + b)  # so the next window finds it in its place
+        if estimates:
+            self._match_lasts(burst, start, matched, out)
         return out
 
     def _places(self, first: int) -> dict[bytes, list[tuple[int, int]]]:
@@ -457,18 +491,13 @@ class ReplayFilter:
             for old in [p for p, a in placed.items() if a < oldest]:
                 del placed[old]
 
-    def _match_displaced(
+    def _match_lasts(
         self, burst: list[tuple[bytes, int]], start: int, matched: set[int], out: list[bool]
     ) -> None:
-        """Match the last frames of closed connections that sit far from their place.
-
-        An ``error`` frame is sent ahead of frames generated before it but not yet written,
-        which the next replay brings in generation order, so it sits later in the window than
-        in the history. Held once, from ``start + slack`` on, it was generated within the
-        window, so the burst holds it wherever it sits there. Held before that, the burst's
-        copy is either it or a new copy of an older frame: undecidable, it is published and
-        counted as ambiguous."""
-        inside = start + self._slack
+        """Match the last frame of a closed connection (an ``error`` frame that may have
+        overtaken frames its socket lost) held once from ``start + slack`` on, wherever the
+        burst has it, even where few anchors place the window. Held before that, a copy far
+        from its place is it or a new copy of an older frame: undecidable, it is counted."""
         history, placed, lasts = self._history, self._placed, self._lasts
         doubtful = set()
         for b, (digest, _) in enumerate(burst):
@@ -477,7 +506,7 @@ class ReplayFilter:
             pos = history.first(digest)
             if pos is None or pos not in lasts or pos in matched:
                 continue
-            if placed.get(pos, pos) >= inside:
+            if placed.get(pos, pos) >= start + self._slack:
                 out[b] = True
                 matched.add(pos)
                 self._place(pos, start + b)  # so the next window finds it in its place

@@ -358,6 +358,24 @@ def test_an_error_frame_that_overtook_lost_frames_keeps_its_one_key() -> None:
     assert owner.filter.ambiguous == successor.filter.ambiguous == 0
 
 
+def test_a_repeated_text_reordered_further_than_the_slack_is_still_replayed_once() -> None:
+    """Chat deltas come in bursts, so a frame 300 ms late can be 9 places late: a repeated
+    text well inside the window is matched by count, not by place, and gets no third key."""
+    delta = '{"type":"tentative_user_transcript","tentative_user_transcription_event":{}}'
+    server = [
+        delta if i in (59, 61) else f'{{"type":"agent_response","n":{i}}}' for i in range(100)
+    ]
+    arrived = server[:50] + [server[59]] + server[50:59] + server[60:]
+    owner = Collector(markers=False)
+    owner.connect([])
+    for text in arrived:
+        owner.live(text)
+    owner.disconnect()
+    owner.connect(server)
+    assert sorted(owner.published) == sorted(owed(server))
+    assert owner.filter.ambiguous == 0
+
+
 def test_keys_are_the_same_for_any_collector_that_saw_the_same_frames() -> None:
     rng = random.Random(4)
     texts = [f"t{rng.randrange(5)}" for _ in range(300)]  # many repeats, far apart
