@@ -365,7 +365,7 @@ def test_a_repeated_text_reordered_further_than_the_slack_is_still_replayed_once
     server = [
         delta if i in (59, 61) else f'{{"type":"agent_response","n":{i}}}' for i in range(100)
     ]
-    arrived = server[:50] + [server[59]] + server[50:59] + server[60:]
+    arrived = [*server[:50], server[59], *server[50:59], *server[60:]]
     owner = Collector(markers=False)
     owner.connect([])
     for text in arrived:
