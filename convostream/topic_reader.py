@@ -6,6 +6,7 @@ given offsets or times (:func:`read_range`, a collector reading back what a dead
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +45,35 @@ async def assign_from_start(consumer: AIOKafkaConsumer, topics: list[str]) -> No
     await consumer.seek_to_beginning(*parts)
 
 
+SKIP_LOG_INTERVAL = 10.0  # seconds between two warnings about one topic's undecodable records
+
+
+class Skips:
+    """Undecodable records per topic, warned about once per :data:`SKIP_LOG_INTERVAL`.
+
+    The first one is logged at once; later ones are counted and the count logged with the
+    latest error: a topic that holds another writer's records would otherwise log one line per
+    record (hundreds of thousands in a read-back), drowning the log and costing CPU.
+    """
+
+    def __init__(self, interval: float = SKIP_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._since: dict[str, tuple[int, float]] = {}  # topic: (skipped unlogged, last logged)
+
+    def skipped(self, topic: str, now: float) -> int:
+        """Count one; returns how many to log now (0: not yet)."""
+        count, last = self._since.get(topic, (0, float("-inf")))
+        count += 1
+        if now - last < self.interval:
+            self._since[topic] = (count, last)
+            return 0
+        self._since[topic] = (0, now)
+        return count
+
+
+_skips = Skips()
+
+
 async def decoded(serde: Serde, topic: str, value: bytes) -> Decoded | None:
     """The record in ``value``, or None (logged) when it cannot be read: a reader that rebuilds
     state must not stop at one bad record, and the record stays on the topic for inspection.
@@ -51,7 +81,9 @@ async def decoded(serde: Serde, topic: str, value: bytes) -> Decoded | None:
     try:
         return await serde.resolve(value)
     except SerdeError as exc:
-        log.warning("undecodable record skipped", topic=topic, error=str(exc))
+        count = _skips.skipped(topic, time.monotonic())
+        if count:
+            log.warning("undecodable records skipped", topic=topic, records=count, error=str(exc))
         return None
 
 
