@@ -50,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -67,7 +66,6 @@ from convostream import logs
 from convostream.broker import (
     BrokerProcess,
     EmbeddedBroker,
-    create_topics,
     free_port,
     partitions_of,
 )
@@ -259,8 +257,6 @@ def raw_consume_us(run: E2ERun) -> tuple[float, float]:
 def raw_collect_us(run: E2ERun, seconds: float) -> tuple[float, float]:
     """bench/ingest.py's raw loop against the same simulator, on topics of its own: (µs CPU
     per frame, frames/s)."""
-    run.prefix = f"r{uuid.uuid4().hex[:6]}."
-    asyncio.run(create_topics(run.bootstrap, prefix=run.prefix))
     raw = raw_throughput(run, seconds)
     rate = raw["frames_per_s"]
     return (raw["cpu"] / rate * 1e6 if rate else 0.0), rate
