@@ -80,14 +80,16 @@ class CollectorSettings(UpstreamSettings, OpsSettings):
         json_schema_extra=flag("--checkpoint-interval"),
     )
     collector_buffer_bytes: int = Field(
-        64 * 1024 * 1024,
+        16 * 1024 * 1024,
         ge=1024,
         description="Bytes of encoded records held until the broker acknowledges them; when "
-        "full, sockets stop being read (back-pressure).",
+        "full, sockets stop being read (back-pressure) and a longer stall is covered by "
+        "upstream's 100-frame replay. A larger buffer rides out longer broker stalls at the cost "
+        "of resident memory.",
         json_schema_extra=flag("--buffer-bytes"),
     )
     collector_buffer_records: int = Field(
-        200_000,
+        50_000,
         ge=10,
         description="Records held until acknowledged (the other bound of the buffer).",
         json_schema_extra=flag("--buffer-records"),
