@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from convostream.broker import partitions_of
@@ -59,6 +61,18 @@ class Record:
     offset: int
     value: dict[str, Any]
     raw: bytes
+
+
+async def new_topic(bootstrap: str, stem: str, partitions: int = 2) -> str:
+    """A topic of a fresh name (``stem`` and a random suffix) with ``partitions``, 1 replica."""
+    topic = f"{stem}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    return topic
 
 
 async def fence(bootstrap: str, topic: str) -> None:

@@ -3,16 +3,14 @@ and every record still reaches the topic once, in order."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest.metrics import Metrics
 from ingest.publisher import Outgoing, Publisher
-from tests.collector_harness import fence, raw_records
+from tests.collector_harness import fence, new_topic, raw_records
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +20,7 @@ RECORDS = 1000
 
 async def test_a_full_buffer_holds_writers_back_and_loses_nothing(kafka_broker: Any) -> None:
     bootstrap = kafka_broker.bootstrap
-    topic = f"bound-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(bootstrap, "bound")
     publisher = Publisher(
         lambda: AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all"),
         Metrics(),

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from convostream.kafka_engine import KafkaBroker
 from convostream.topic_reader import Span, read_range
+from tests.collector_harness import new_topic
 
 pytestmark = pytest.mark.integration
 
 
 async def _topic_with_records(bootstrap: str) -> tuple[str, list[int]]:
     """Two partitions; partition 0 holds records 0..9, one per batch, stamped 1000 ms apart."""
-    topic = f"reader-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(bootstrap, "reader")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
     base = 1_700_000_000_000
