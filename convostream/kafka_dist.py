@@ -3,7 +3,9 @@
 The broker is the ``org.apache.kafka:kafka_2.13`` artifact and its runtime dependencies (plus
 ``slf4j-simple`` so the broker's warnings reach stderr); a generated pom asks Maven to copy them
 into ``<cache>/<version>/lib``. A stamp file marks a complete copy, so an interrupted download is
-redone rather than used.
+redone rather than used; a lock file beside it makes processes that start at once (parallel test
+workers, several ``convostream broker --engine kafka``) wait for one download instead of
+overwriting each other's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+
+from filelock import FileLock
 
 KAFKA_VERSION = "4.1.1"
 """The version docker-compose and the Helm chart run too (tests/test_kafka_dist.py checks)."""
@@ -86,34 +90,43 @@ def classpath(version: str = KAFKA_VERSION) -> str:
     lib = home / "lib"
     stamp = home / ".complete"
     if not stamp.exists():
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise KafkaUnavailable(
-                "Maven (mvn) is needed once to fetch Apache Kafka from Maven Central for "
-                f"--engine kafka (Debian: apt-get install maven); the jars are cached in {home}"
-            )
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(lib, ignore_errors=True)
-        (home / "pom.xml").write_text(_POM.format(version=version))
-        result = subprocess.run(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(home / "pom.xml"),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={lib}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            raise KafkaUnavailable(
-                f"mvn could not fetch org.apache.kafka:kafka_2.13:{version}:\n" + "\n".join(tail)
-            )
-        stamp.write_text(version + "\n")
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(home.parent / f"{version}.lock"):
+            _download(version, home, lib, stamp)
     return str(lib / "*")
+
+
+def _download(version: str, home: Path, lib: Path, stamp: Path) -> None:
+    """Copy the broker's jars into ``lib`` with Maven, unless another process just did."""
+    if stamp.exists():  # fetched by another process while this one waited for the lock
+        return
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaUnavailable(
+            "Maven (mvn) is needed once to fetch Apache Kafka from Maven Central for "
+            f"--engine kafka (Debian: apt-get install maven); the jars are cached in {home}"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(lib, ignore_errors=True)
+    (home / "pom.xml").write_text(_POM.format(version=version))
+    result = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(home / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={lib}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise KafkaUnavailable(
+            f"mvn could not fetch org.apache.kafka:kafka_2.13:{version}:\n" + "\n".join(tail)
+        )
+    stamp.write_text(version + "\n")

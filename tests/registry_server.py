@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from filelock import FileLock
 
 from convostream.broker import free_port
 from tests.needs import missing_tool
@@ -41,10 +42,18 @@ def _distribution() -> Path:
     runner = home / f"apicurio-registry-app-{VERSION}-runner.jar"
     if runner.exists():
         return runner
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(CACHE / f"{VERSION}.lock"):  # parallel test workers download it once
+        if not runner.exists():
+            _download(home)
+    return runner
+
+
+def _download(home: Path) -> None:
+    """Fetch the distribution with Maven and unpack it into ``home``."""
     for tool in ("mvn", "java"):
         if shutil.which(tool) is None:
             missing_tool(f"{tool} is needed to fetch and run Apicurio Registry from Maven Central")
-    CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             "mvn",
@@ -64,7 +73,6 @@ def _distribution() -> Path:
         zf.extractall(partial)
     partial.rename(home)
     archive.unlink()
-    return runner
 
 
 def _ready(url: str) -> bool:

@@ -84,3 +84,32 @@ async def test_cluster_reports_its_default_replication(kafka_broker: object) -> 
         pytest.skip("Tansu has no broker configs to describe; runs in the Kafka session")
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     assert await default_replication(bootstrap) == 1
+
+
+def test_processes_starting_at_once_fetch_the_jars_once(tmp_path: Path) -> None:
+    """Parallel test workers (or brokers) on a fresh machine: one ``mvn`` run, both use it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "mvn-calls"
+    # a stand-in for Maven that takes a while and writes one jar where it is told to
+    (bin_dir / "mvn").write_text(
+        "#!/bin/sh\n"
+        f'echo run >> "{calls}"\n'
+        "sleep 1\n"
+        'for arg in "$@"; do case "$arg" in -DoutputDirectory=*) out="${arg#*=}";; esac; done\n'
+        'mkdir -p "$out" && echo jar > "$out/kafka.jar"\n'
+    )
+    (bin_dir / "mvn").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env["CONVOSTREAM_KAFKA_CACHE"] = str(tmp_path / "cache")
+    code = "from convostream.kafka_dist import classpath; print(classpath())"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
+    outputs = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs)
+    lib = tmp_path / "cache" / KAFKA_VERSION / "lib"
+    assert outputs == {str(lib / "*")}
+    assert calls.read_text().split() == ["run"]
+    assert (lib / "kafka.jar").read_text() == "jar\n"
