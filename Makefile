@@ -34,15 +34,18 @@ demo: install
 test: install lint test-tansu test-kafka test-cluster
 
 # --durations: each suite ends with its 15 slowest tests (CI's time budget is 30 minutes).
-# The Tansu suite runs the tests that need no broker or server on both cores (pytest-xdist),
-# then the integration tests one at a time: they time processes against each other.
+# Every suite runs on two pytest-xdist workers, a test file per worker at a time (each worker
+# starts a broker of its own, on free ports). The integration tests mostly wait on conversations
+# in real time (one at a time they kept a core about 40% busy), so two at once halve the wall time
+# (Tansu 15 -> 7 min, Kafka 12.5 -> 6 min) without starving the processes they time.
+XDIST := -n 2 --dist loadfile
 test-tansu: install
-	@start=$$(date +%s); $(BIN)/pytest --broker tansu -m "not integration" -n 2 --dist loadfile --durations=15 \
-	&& $(BIN)/pytest --broker tansu -m integration --durations=15; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/pytest --broker tansu -m "not integration" $(XDIST) --durations=15 \
+	&& $(BIN)/pytest --broker tansu -m integration $(XDIST) --durations=15; rc=$$?; \
 	echo "tansu suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-kafka: install bench-install
-	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m "not cluster" --durations=15; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/pytest --broker kafka -m "not cluster" $(XDIST) --durations=15; rc=$$?; \
 	echo "kafka suite: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # A 3-broker Kafka cluster losing a broker, a collector and a processor worker mid-run.
@@ -56,7 +59,7 @@ lint: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/pytest -m "not integration" -n 2 --dist loadfile
+	$(BIN)/pytest -m "not integration" $(XDIST)
 
 bench: install bench-install
 	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
