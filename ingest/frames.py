@@ -164,7 +164,8 @@ class FrameReader:
     def _record(self, raw: bytes, digest: bytes, received_at: int, verdict: Verdict) -> FrameResult:
         parsed = self._parse(raw)
         if isinstance(parsed, Unreadable):
-            letter = self._dead_letter(raw, parsed, received_at, verdict.connection_seq)
+            key = event_key(self.conversation_id, digest, verdict.occurrence)
+            letter = self._dead_letter(raw, parsed, received_at, verdict.connection_seq, key)
             return FrameResult(dead_letter=letter)
         text, obj = parsed
         event_type: str = obj["type"]
@@ -212,7 +213,7 @@ class FrameReader:
         return text, obj
 
     def _dead_letter(
-        self, raw: bytes, why: Unreadable, received_at: int, seq: int
+        self, raw: bytes, why: Unreadable, received_at: int, seq: int, key: str
     ) -> dict[str, Any]:
         return {
             "conversation_id": self.conversation_id,
@@ -223,6 +224,7 @@ class FrameReader:
             "collector_id": self.collector_id,
             "connection_id": self._connection_id or None,
             "connection_seq": seq,
+            "event_key": key,
         }
 
 

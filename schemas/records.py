@@ -39,6 +39,7 @@ class DeadLetter(TypedDict):
     collector_id: str
     connection_id: NotRequired[str | None]
     connection_seq: NotRequired[int | None]
+    event_key: NotRequired[str | None]
 
 
 LifecycleState = Literal[

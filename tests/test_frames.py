@@ -102,6 +102,26 @@ def test_unreadable_frames_go_to_the_dlq_with_a_reason(data: bytes, reason: str)
     assert record["detail"]
 
 
+def test_dead_letters_carry_the_key_of_their_occurrence() -> None:
+    """A letter is keyed like an event, so one published again after a crash is recognisable."""
+    first = _reader()
+    bad = b"[1, 2]"
+    keys = [_one_record(first, bad, i * 0.001)[1]["event_key"] for i in range(2)]
+    assert len(set(keys)) == 2
+    assert all(isinstance(k, str) for k in keys)
+    # a successor that knows only the first copy (its last checkpoint) gets both in the replay
+    successor = FrameReader("conv-1", "collector-b", max_frame_bytes=4096)
+    successor.seed(first.history()[: len(first.history()) // 2])
+    successor.connected("conn-2", 1.0)
+    released = [successor.frame(bad, 0, 1.0), successor.frame(bad, 0, 1.0)]
+    released.append(successor.frame(b'{"type":"history_complete"}', 0, 1.0))
+    results = [r for rel in released for r in rel.results]
+    assert [r.duplicate for r in results] == [True, False]
+    letter = results[1].dead_letter
+    assert letter is not None
+    assert letter["event_key"] == keys[1]
+
+
 def test_known_frame_gets_its_typed_payload_and_event_id() -> None:
     text = (
         '{"type":"user_transcript",'

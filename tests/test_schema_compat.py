@@ -150,9 +150,10 @@ def test_pin_gives_a_compatible_edit_a_new_id_and_keeps_the_old_one() -> None:
     )
     new = after[-1]
     assert after[:-1] == before
-    assert (new.name, new.version) == ("DeadLetter", 2)
+    latest = max(v.version for v in before if v.name == "DeadLetter")
+    assert (new.name, new.version) == ("DeadLetter", latest + 1)
     assert new.schema_id == max(v.schema_id for v in before) + 1
-    assert changes == [f"DeadLetter: pinned v2 as id {new.schema_id}"]
+    assert changes == [f"DeadLetter: pinned v{latest + 1} as id {new.schema_id}"]
     old_id = next(v.schema_id for v in before if v.name == "DeadLetter")
     registry = PinnedRegistry(after)
     assert registry.known(old_id) is not None
@@ -161,6 +162,7 @@ def test_pin_gives_a_compatible_edit_a_new_id_and_keeps_the_old_one() -> None:
     record = {
         "conversation_id": None, "reason": "oversize", "detail": "", "raw": b"",
         "received_at": 0, "collector_id": "c", "connection_id": None, "connection_seq": None,
+        "event_key": None,
     }  # fmt: skip
     data = Serde().encode("DeadLetter", record)
     assert Serde(registry).decode(data).record == record

@@ -283,7 +283,7 @@ def _sample_dead_letter() -> dict[str, Any]:
     return {
         "conversation_id": None, "reason": "invalid_utf8", "detail": "byte 0xff at 0",
         "raw": b"\xff\x00", "received_at": 1_700_000_000_000_000, "collector_id": "col",
-        "connection_id": None, "connection_seq": None,
+        "connection_id": None, "connection_seq": None, "event_key": None,
     }  # fmt: skip
 
 
@@ -334,10 +334,13 @@ def _pinned(name: str, version: int, schema_id: int, schema: dict[str, Any]) -> 
     return PinnedVersion(name, version, schema_id, fingerprint_of(canonical), canonical)
 
 
+LATER_LETTER_FIELDS = {"connection_seq": None, "event_key": None}  # with their defaults
+
+
 def _old_dead_letter_schema() -> dict[str, Any]:
-    """DeadLetter before connection_seq existed."""
+    """DeadLetter before connection_seq (and event_key, added after it) existed."""
     schema = schema_json("DeadLetter")
-    schema["fields"] = [f for f in schema["fields"] if f["name"] != "connection_seq"]
+    schema["fields"] = [f for f in schema["fields"] if f["name"] not in LATER_LETTER_FIELDS]
     return schema
 
 
@@ -359,9 +362,9 @@ def test_data_of_an_older_version_reads_as_the_current_schema() -> None:
         ]
     )
     serde = Serde(registry)
-    old = {k: v for k, v in _sample_dead_letter().items() if k != "connection_seq"}
+    old = {k: v for k, v in _sample_dead_letter().items() if k not in LATER_LETTER_FIELDS}
     decoded = serde.decode(_write(_old_dead_letter_schema(), 7, old))
-    assert decoded == ("DeadLetter", {**old, "connection_seq": None}, 7)
+    assert decoded == ("DeadLetter", {**old, **LATER_LETTER_FIELDS}, 7)
     lifecycle = {"conversation_id": "c", "state": "paused", "at": 1, "source": "rest"}
     _, record, _ = serde.decode(_write(old_lifecycle, 8, lifecycle))
     assert record["state"] == "unknown"  # the enum default catches symbols a reader lacks
@@ -422,9 +425,9 @@ async def test_http_registry_registers_and_fetches_lazily(
         assert fake.gets == [ids["DeadLetter"]]
 
         old_id = fake.add("old-value", json.dumps(_old_dead_letter_schema()))
-        old = {k: v for k, v in _sample_dead_letter().items() if k != "connection_seq"}
+        old = {k: v for k, v in _sample_dead_letter().items() if k not in LATER_LETTER_FIELDS}
         decoded = await serde.resolve(_write(_old_dead_letter_schema(), old_id, old))
-        assert decoded == ("DeadLetter", {**old, "connection_seq": None}, old_id)
+        assert decoded == ("DeadLetter", {**old, **LATER_LETTER_FIELDS}, old_id)
 
         with pytest.raises(UnknownSchemaId, match="does not know it"):
             await serde.resolve(b"\x00" + (999).to_bytes(4, "big"))
