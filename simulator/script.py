@@ -26,6 +26,10 @@ Choices where the upstream is undocumented (UPSTREAM.md §2):
   per-conversation check. With it, about that share of frames repeat the exact text of an
   earlier chat delta, status or metadata frame (half of them one of the last three such
   frames), drawn from a generator of their own so the other frames stay the same.
+- With ``malformed_ratio`` about that share of frames cannot be read (type ``malformed``): a
+  frame cut short, a JSON array, or an object without ``type``, each numbered so it is unique.
+  The upstream is not documented to send any; they stand for a proxy or a bug between it and
+  the collector, and exercise the dead-letter path end to end (replayed like any frame).
 """
 
 from __future__ import annotations
@@ -175,7 +179,15 @@ class ScriptParams:
     chat_ratio: float = 0.3
     escalation_ratio: float = 0.0
     repeat_ratio: float = 0.0  # share of frames that repeat an earlier frame's exact text
+    malformed_ratio: float = 0.0  # share of frames that cannot be read (the DLQ's)
 
+
+# Unreadable frames (``{n}``: the frame's index): cut short, not an object, no ``type``.
+MALFORMED = (
+    '{{"type":"agent_response","agent_response_event":{{"agent_response":"Let me check that ({n})',
+    '["agent_response",{n}]',
+    '{{"agent_response_event":{{"agent_response":"no type ({n})","event_id":{n}}}}}',
+)
 
 # Frames whose text legitimately repeats upstream: chat deltas, status and metadata frames.
 REPEATABLE = frozenset(
@@ -233,6 +245,7 @@ class ConversationScript:
         self._context_tokens = self.rng.randint(800, 2500)
         self._tool_seq = 0
         self._repeat_rng = random.Random(f"{self.seed}:{self.number}:repeat")
+        self._malformed_rng = random.Random(f"{self.seed}:{self.number}:malformed")
         # Some chat conversations number their parts with strings (as the client-events page
         # shows): a choice of their own, so the other frames stay the same.
         self.string_part_ids = random.Random(f"{self.seed}:{self.number}:ids").random() < 0.3
@@ -249,9 +262,9 @@ class ConversationScript:
         if self.finished:
             return None
         self.now = now
-        repeat = self._repeat()
-        if repeat is not None:
-            return repeat
+        extra = self._repeat() or self._malformed()
+        if extra is not None:
+            return extra
         if not self._pending:
             try:
                 self._pending.append(next(self._gen))
@@ -277,6 +290,16 @@ class ConversationScript:
         index = self.index
         self.index += 1
         return Frame(old.type, old.text, index, old.event_id)
+
+    def _malformed(self) -> Frame | None:
+        """Now and then a frame no reader can parse (see the module docstring)."""
+        ratio = self.params.malformed_ratio
+        if not ratio or self._malformed_rng.random() >= ratio:
+            return None
+        index = self.index
+        self.index += 1
+        text = self._malformed_rng.choice(MALFORMED).format(n=index)
+        return Frame("malformed", text, index, None)
 
     # ----- command effects (see simulator.commands) -------------------------------------------
     def end_call(self, now: float) -> list[Frame]:

@@ -63,6 +63,8 @@ from simulator.state import SimConversation
 from simulator.webhook import WebhookSender
 
 CONNECTED = '{"type":"connected"}'
+# Frames a monitoring_events selection does not filter: they are not events of a type.
+ALWAYS_STREAMED = frozenset({"error", "malformed"})
 HISTORY_COMPLETE = '{"type":"history_complete"}'
 MONITOR_PATH = re.compile(r"^/v1/convai/conversations/([^/?#]+)/monitor/?(?:\?.*)?$")
 MAX_QUEUE = 10_000
@@ -149,6 +151,7 @@ class Simulator:
             chat_ratio=settings.sim_chat_ratio,
             escalation_ratio=settings.sim_escalation_ratio,
             repeat_ratio=settings.sim_repeat_ratio,
+            malformed_ratio=settings.sim_malformed_ratio,
         )
         self.timeline = Timeline()
         self.reorder = Reorder(settings.sim_reorder_ms, settings.sim_seed)
@@ -415,7 +418,7 @@ class Simulator:
         conv.frames += 1
         if frame.type in transcript.KINDS:  # only these: a long call's frames would pile up
             conv.generated.append((at - conv.script.start_virtual, frame.text))
-        if conv.streamed is not None and frame.type not in conv.streamed and frame.type != "error":
+        if conv.streamed is not None and frame.type not in conv.streamed | ALWAYS_STREAMED:
             return  # outside the agent's monitoring_events: never reaches a monitor
         self.frames_generated += 1
         conv.replay.append(frame.text)
@@ -426,6 +429,7 @@ class Simulator:
                         "conversation_id": conv.conversation_id,
                         "agent_id": conv.agent_id,
                         "index": frame.index,
+                        "type": frame.type,
                         "frame": frame.text,
                     }
                 )

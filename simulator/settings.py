@@ -105,6 +105,15 @@ class SimulatorSettings(CommonSettings):
         "status or metadata frame of the same conversation (the ground truth lists each).",
         json_schema_extra=flag("--repeat-ratio"),
     )
+    sim_malformed_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="About this share of frames cannot be read (cut short, not a JSON object, "
+        "no type): they belong in convai.monitor.dlq (the ground truth lists each, type "
+        "'malformed').",
+        json_schema_extra=flag("--malformed-ratio"),
+    )
     sim_replay_markers: bool = Field(
         False,
         description='Start each monitor connection with {"type":"connected"} and send '

@@ -212,3 +212,33 @@ def test_commands_change_the_script() -> None:
     assert payload["is_error"] is False
     for junk in ("not json", "[]", '{"parameters":{}}', '{"command_type":"dance"}', b"\x00"):
         assert not commands.apply(voice, commands.parse(junk), 3.0).accepted
+
+
+def test_malformed_frames_are_unreadable_unique_and_leave_the_rest_unchanged() -> None:
+    from ingest.frames import FrameReader  # the collector's own reading decides "unreadable"
+
+    reasons: collections.Counter[str] = collections.Counter()
+    total = malformed = 0
+    for number in range(40):
+        plain = run(5, number)[1]
+        _, frames = run(5, number, ScriptParams(malformed_ratio=0.1))
+        bad = [f for f in frames if f.type == "malformed"]
+        # the same frames around them (an mcp_tool_call's timestamp is virtual time, which the
+        # extra frames move on)
+        rest = [f for f in frames if f.type != "malformed"]
+        assert [(f.type, f.event_id) for f in rest] == [(f.type, f.event_id) for f in plain]
+        assert [f.text for f in rest if f.type != "mcp_tool_call"] == [
+            f.text for f in plain if f.type != "mcp_tool_call"
+        ]
+        assert len({f.text for f in bad}) == len(bad)
+        reader = FrameReader(f"conv_{number}", "c1")
+        reader.connected("conn", 0.0)
+        reader.frame('{"type":"history_complete"}', 0, 0.0)  # no replay to hold back
+        for frame in bad:
+            (result,) = reader.frame(frame.text, 0, 0.0).results
+            assert result.dead_letter is not None, frame.text
+            reasons[result.dead_letter["reason"]] += 1
+        total += len(frames)
+        malformed += len(bad)
+    assert 0.07 * total < malformed < 0.13 * total
+    assert set(reasons) == {"invalid_json", "not_an_object", "missing_type"}
