@@ -349,10 +349,11 @@ class Collector(ConsumerRebalanceListener):  # type: ignore[misc]
                 read = await read_back(
                     s.kafka_bootstrap,
                     s.kafka_security(),
-                    self.events_topic,
-                    self.ctx.events_partitions,
+                    (self.events_topic, self.ctx.events_partitions),
+                    (self.ctx.dlq_topic, self.ctx.dlq_partitions),
                     self.ctx.serde,
                     wanted,
+                    {cid: conv.history for cid, (_, conv) in starting.items()},
                 )
             except KafkaError as exc:
                 if offer_again(exc):  # the broker is away or slow: the next pass tries again

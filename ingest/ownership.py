@@ -46,19 +46,23 @@ class Conversation:
 
     def unrecorded(self) -> Unrecorded | None:
         """Where the records the previous owners published beyond ``history`` begin, if any."""
+        began = None if self.reading_since is None else self.reading_since // 1000
         if self.events_from is not None:
-            return Unrecorded(offset=self.events_from)
-        if self.history is None and self.reading_since is not None:
-            return Unrecorded(since_ms=self.reading_since // 1000)
+            return Unrecorded(offset=self.events_from, letters_since_ms=began)
+        if self.history is None and began is not None:
+            return Unrecorded(since_ms=began, letters_since_ms=began)
         return None
 
 
 @dataclass(frozen=True, slots=True)
 class Unrecorded:
-    """Where to read back a conversation's published records: an offset, or a time."""
+    """Where to read back a conversation's published records: events from an offset or a time;
+    dead letters from the time a collector began reading it (they carry no offset in the
+    history records, and those already in the history are told apart by their keys)."""
 
     offset: int | None = None
     since_ms: int | None = None
+    letters_since_ms: int | None = None
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -13,11 +14,13 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
+from convostream.topic_reader import Span
+from ingest.frames import DLQ_RAW_LIMIT
 from ingest.lifecycle import checkpoint, observe, record, released
 from ingest.ownership import Ledger, Unrecorded, partition_for
 from ingest.publisher import offer_again
 from ingest.recovery import CLOCK_SLACK_MS, Tails
-from ingest.replay import DIGEST_SIZE, ReplayFilter, Verdict, frame_digest
+from ingest.replay import DIGEST_SIZE, ReplayFilter, Verdict, event_key, frame_digest
 from upstream.backoff import Backoff, retry_after
 
 
@@ -108,12 +111,13 @@ def test_what_a_new_owner_reads_back_follows_the_records_it_continues() -> None:
     assert conv.unrecorded() is None  # nobody read it yet: nothing was published
     ledger.apply(0, 1, observe(record("c", "monitoring", collector_id="k0", at=5_000_000)))
     ledger.apply(0, 2, observe(record("c", "monitoring", collector_id="k1", at=9_000_000)))
-    assert conv.unrecorded() == Unrecorded(since_ms=5_000)
+    assert conv.unrecorded() == Unrecorded(since_ms=5_000, letters_since_ms=5_000)
     ledger.apply(0, 3, observe(checkpoint("c", None, "k0", 4, digests[:64], 70)))
     assert conv.history is None
-    assert conv.unrecorded() == Unrecorded(since_ms=5_000)
+    assert conv.unrecorded() == Unrecorded(since_ms=5_000, letters_since_ms=5_000)
     ledger.apply(0, 4, observe(checkpoint("c", None, "k0", 0, digests, 70)))
-    assert conv.unrecorded() == Unrecorded(offset=70)
+    # dead letters carry no offset in the history records: read from when reading began
+    assert conv.unrecorded() == Unrecorded(offset=70, letters_since_ms=5_000)
     legacy = record("c", "monitoring", collector_id="k0", detail={"released": True})
     legacy["detail"] = legacy["detail"].replace("}", ',"history":""}')
     ledger.apply(0, 5, observe(legacy))
@@ -234,11 +238,11 @@ def test_read_back_keeps_the_wanted_records_in_offset_order() -> None:
         ("a", 12, "a0", "k2"),
         ("a", 13, "a2", "k2"),
     ]
-    for cid, offset, raw, connection in frames:
+    for n, (cid, offset, raw, connection) in enumerate(frames):
         hit = tails.needs(cid.encode(), offset)
         if hit is not None:
             assert hit == cid
-            tails.add(hit, raw, connection)
+            tails.add(hit, raw, connection, n)
     assert tails.needs(None, 20) is None
     span.reached[0] = 14
     back = tails.results(span)
@@ -246,3 +250,48 @@ def test_read_back_keeps_the_wanted_records_in_offset_order() -> None:
     assert bytes(back["b"].digests) == frame_digest(b"b0")
     assert back["a"].events_to == back["b"].events_to == 14
     assert (back["a"].lasts, back["b"].lasts, back["c"].lasts) == ([0, 2], [0], [])
+
+
+def _letter(
+    conversation: str, raw: bytes, at: int, connection: str, occurrence: int = 0
+) -> dict[str, Any]:
+    """A DeadLetter record as a collector writes it."""
+    return {
+        "conversation_id": conversation,
+        "reason": "invalid_json",
+        "detail": "cut short",
+        "raw": raw,
+        "received_at": at,
+        "collector_id": "k0",
+        "connection_id": connection,
+        "connection_seq": 0,
+        "event_key": event_key(conversation, frame_digest(raw), occurrence),
+    }
+
+
+def test_dead_letters_beyond_the_history_join_the_events_in_arrival_order() -> None:
+    """Letters already in the history (by key), copies, keyless and cut-short ones stay out;
+    the rest take their place among the events by ``received_at``."""
+    history = frame_digest(b"e0") + frame_digest(b"[bad") + frame_digest(b"e1")
+    wanted = {"a": Unrecorded(offset=5, letters_since_ms=70_000), "b": Unrecorded(offset=5)}
+    tails = Tails(wanted, 1, 3, {"a": history})
+    assert tails.letters_span() == Span({}, {partition_for("a", 3): 70_000 - CLOCK_SLACK_MS})
+    assert tails.needs_letter(b"b") is None  # nothing says from when: no letter is read for it
+    tails.add("a", "e2", "k1", 10)
+    tails.add("a", "e3", "k2", 40)
+    for letter in (
+        _letter("a", b"[bad", 1, "k0"),  # the history's copy: recorded already
+        _letter("a", b"[bad", 20, "k1", occurrence=1),  # a second copy, after the checkpoint
+        _letter("a", b"[bad", 20, "k1", occurrence=1),  # ... published twice (Tansu's tail)
+        {**_letter("a", b"{x", 30, "k1"), "event_key": None},  # an older collector's
+        {**_letter("a", b"x" * DLQ_RAW_LIMIT, 35, "k1"), "reason": "oversize"},
+        _letter("a", b"nope", 50, "k2"),
+    ):
+        assert tails.needs_letter(b"a") == "a"
+        tails.add_letter("a", letter)
+    span = tails.span()
+    span.reached[0] = 9
+    back = tails.results(span)["a"]
+    order = [b"e2", b"[bad", b"e3", b"nope"]
+    assert bytes(back.digests) == b"".join(frame_digest(t) for t in order)
+    assert back.lasts == [1, 3]  # k1 ended at the second letter, k2 with the last record
