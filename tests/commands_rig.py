@@ -139,10 +139,11 @@ async def running_rig(
     sim_knobs: dict[str, Any] | None = None,
     sim_live: bool = True,
     workers: int = 1,
+    worker_type: type[CommandWorker] = CommandWorker,
     **worker_over: Any,
 ) -> Any:
-    """``workers`` in-process workers in one consumer group (partitions split between them);
-    the client uses the workers' Kafka security settings."""
+    """``workers`` in-process workers (of ``worker_type``) in one consumer group (partitions
+    split between them); the client uses the workers' Kafka security settings."""
     prefix = new_prefix()
     log = tmp / "commands.jsonl"
     sim = await start_simulator(log, sim_live, **(sim_knobs or {}))
@@ -157,7 +158,7 @@ async def running_rig(
     security = settings[0].kafka_security()
     await create_topics(bootstrap, prefix=prefix, security=security)
     members = [
-        CommandWorker(s, parse_policy(POLICY_DOC), KEYRING, Serde(), CommandMetrics(registry))
+        worker_type(s, parse_policy(POLICY_DOC), KEYRING, Serde(), CommandMetrics(registry))
         for s, registry in zip(settings, registries, strict=True)
     ]
     client = CommandClient(
