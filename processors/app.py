@@ -77,6 +77,7 @@ from processors.faust_glue import (
     complete_flush,
     raw_table,
     replace_drain,
+    rewind_uncommitted,
 )
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
@@ -291,6 +292,8 @@ class Processor:
             ready=self.sink_service.ready,
             fetch_wait_ms=settings.fetch_wait_ms(settings.processor_fetch_wait_ms),
         )
+        # a partition without a committed offset starts from its first record
+        rewind_uncommitted(app.consumer, handlers)
         # table writes reach the changelog before the offsets of their events are committed
         complete_flush(app.producer.buffer)
         app.timer(1.0)(self._tick)

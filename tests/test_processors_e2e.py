@@ -145,6 +145,31 @@ async def test_sql_rows_equal_independent_computation(
     assert (tmp_path / "state" / "orderly-stop").exists()
 
 
+async def test_a_processor_group_started_after_the_events_counts_every_one(
+    kafka_broker: Any, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A new consumer group over an events topic that already holds records (processors
+    deployed after the collectors, or a partition that moves before its first commit) starts
+    each partition at its first record: the fetches made while the tables recover must not
+    leave it further on."""
+    prefix = f"p{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_broker.bootstrap, prefix=prefix)
+    sim = await simulator_factory(api_key=KEY, seed=6, **{**SIM, "conversations": 8})
+    collector, processor, db = pipeline(kafka_broker.bootstrap, sim.url, KEY, prefix, tmp_path)
+    collector.start()
+    await sim.wait_finished(180)
+    await asyncio.sleep(2.0)
+    assert collector.stop() == 0, collector.failure_text()
+    expected, _ = await expected_from_topics(kafka_broker.bootstrap, prefix)
+    assert len(expected) >= 4
+    processor.start()
+    try:
+        actual = await wait_for_rows(db, expected, processor, timeout=60)
+        assert actual == expected, _diff(expected, actual)
+    finally:
+        processor.stop()
+
+
 async def test_sigkilled_processor_resumes_with_identical_rows(
     kafka_broker: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
