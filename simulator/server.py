@@ -429,7 +429,6 @@ class Simulator:
                         "conversation_id": conv.conversation_id,
                         "agent_id": conv.agent_id,
                         "index": frame.index,
-                        "type": frame.type,
                         "frame": frame.text,
                     }
                 )

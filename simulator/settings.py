@@ -110,8 +110,7 @@ class SimulatorSettings(CommonSettings):
         ge=0,
         lt=1,
         description="About this share of frames cannot be read (cut short, not a JSON object, "
-        "no type): they belong in convai.monitor.dlq (the ground truth lists each, type "
-        "'malformed').",
+        "no type): they belong in convai.monitor.dlq (the ground truth lists each).",
         json_schema_extra=flag("--malformed-ratio"),
     )
     sim_replay_markers: bool = Field(
