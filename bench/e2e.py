@@ -27,7 +27,7 @@ state are measured:
   empty, before the collector stops) that the events topic lacks, by
   (conversation, frame) as the collector tests match them (``tests/collector_harness.py``).
 
-Baseline, same run: the raw loops of ``bench/ingest.py`` (websockets → json → fastavro →
+Baseline, same run: the raw loops of ``bench/ingest.py`` (socket → json → fastavro →
 aiokafka, against the same simulator at the same rate, on topics of its own) and
 ``bench/process.py`` (aiokafka consumer + Avro decode over the topic the collector filled):
 their CPU per event, summed, is what the pipeline costs with no correctness work at all.

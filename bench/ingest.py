@@ -3,7 +3,8 @@
 Broker (embedded Tansu), simulator and the process under test each run as their own process, as
 in production. Throughput: 1,000 conversations offered far more frames than one core can carry;
 frames/s acknowledged by the broker, for ``convostream collect`` and for a minimal raw loop
-(websockets receive → json → fastavro → aiokafka send) against the same simulator and broker,
+(socket receive → json → fastavro → aiokafka send, with the collector's websocket client,
+picows.websockets) against the same simulator and broker,
 alternately, ``--rounds`` times each (medians reported; the ratio is the median of the ratios of
 adjacent raw/collector windows, so load from other processes hits both alike).
 
@@ -246,7 +247,8 @@ def raw_throughput(run: Run, seconds: float, offered: float = 0.0) -> Window:
 
 
 async def raw_loop(seconds: float, offered: float) -> Window:
-    """The baseline: websockets receive → json → fastavro → aiokafka send, nothing else.
+    """The baseline: receive (the collector's websocket client) → json → fastavro → aiokafka
+    send, nothing else.
 
     Latency (read → acknowledgement, exact per frame) is kept for the window; with ``offered``
     the window waits until the loop has caught up with the source (:func:`caught_up`)."""
@@ -254,8 +256,7 @@ async def raw_loop(seconds: float, offered: float) -> Window:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaTimeoutError
     from fastavro import schemaless_writer
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from picows.websockets import ConnectionClosed, InvalidHandshake, connect
 
     from convostream import kafka_compat
     from ingest.discovery import EXCLUDED  # as the collector: in-progress ones only

@@ -15,12 +15,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
-
 from upstream.rest import UpstreamError
-from upstream.websocket import connected, open_monitor
+from upstream.websocket import ClientConnection, ConnectionClosed, State, connected, open_monitor
 
 
 class ConnectFailed(Exception):
@@ -64,7 +60,7 @@ class SocketPool:
         sock = self._sockets.get(conversation_id)
         if sock is None:
             return None
-        if sock.ws.protocol.state is not State.OPEN:
+        if sock.ws.state is not State.OPEN:
             self._forget(conversation_id, sock)
             return None
         sock.last_used = time.monotonic()
@@ -97,7 +93,7 @@ class SocketPool:
                 {first, sock.drain}, timeout=self.settle, return_when="FIRST_COMPLETED"
             )
             first.cancel()
-        if ws.protocol.state is not State.OPEN:
+        if ws.state is not State.OPEN:
             await self._close(sock)
             raise ConnectFailed(
                 f"upstream closed the monitor socket on connect ({ws.close_code} "

@@ -32,9 +32,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from commands.decide import (
     DUPLICATE_REASON,
@@ -65,6 +62,7 @@ from schemas.serde import Serde, SerdeError
 from schemas.topics import COMMAND_INTENTS, COMMAND_RESULTS, COMMANDS
 from upstream.conversations import ConversationApi
 from upstream.rest import UpstreamError
+from upstream.websocket import ClientConnection, ConnectionClosed, State
 
 log = get_logger(__name__)
 
@@ -398,7 +396,7 @@ class CommandWorker:
     ) -> Finish:
         if now_micros() >= command["expires_at"]:
             return Finish("expired", "expired while the socket was opened")
-        if ws.protocol.state is not State.OPEN:  # closed after it was chosen: nothing written
+        if ws.state is not State.OPEN:  # closed after it was chosen: nothing written
             return Finish(
                 "failed",
                 f"monitor socket closed before the write ({ws.close_code} "

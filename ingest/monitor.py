@@ -26,9 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-
 from convostream.logs import get_logger
 from convostream.runtime import unless_cancelled_here
 from ingest.discovery import ENDED, INITIATED, RestClient
@@ -42,7 +39,7 @@ from ingest.replay import Gap, ReplayFilter
 from schemas.serde import Serde
 from upstream.backoff import Backoff
 from upstream.rest import UpstreamError
-from upstream.websocket import open_monitor, opened
+from upstream.websocket import ClientConnection, ConnectionClosed, open_monitor, opened
 
 log = get_logger("ingest.monitor")
 

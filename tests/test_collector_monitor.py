@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from websockets.exceptions import ConnectionClosed
 
 from ingest.discovery import RestClient
 from ingest.metrics import Metrics
@@ -21,6 +20,7 @@ from ingest.recovery import ReadBack
 from ingest.replay import frame_digest
 from schemas.serde import Serde
 from simulator.testing import wait_for
+from upstream.websocket import ConnectionClosed
 
 FRAMES = [orjson.dumps({"type": "note", "n": i}) for i in range(5)]
 

@@ -1,5 +1,11 @@
 """Monitor sockets: one place for the connect options every client of the upstream uses.
 
+The client is picows' ``picows.websockets``: websockets' asyncio API (``recv``, close codes,
+keepalive pings, handshake errors) over a Cython frame parser. A monitor socket carries one
+small frame at a time, and with websockets' pure-Python parser and message assembler each such
+frame cost about four times the CPU (``bench/wsclient.py``), the largest cost of a collector
+holding thousands of sockets.
+
 No compression (frames are small JSON, and deflate costs CPU per socket); the key travels only
 in the ``xi-api-key`` header. Pings are answered within one interval or the socket is dropped.
 :func:`connected` and :func:`opened` turn a failed connect into an
@@ -9,11 +15,18 @@ its ``retriable`` flag instead of by websockets' exception classes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from picows.websockets import (
+    ClientConnection,
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    State,
+    connect,
+)
 
 from upstream.rest import UpstreamError
 from upstream.urls import monitor_url
@@ -21,6 +34,9 @@ from upstream.urls import monitor_url
 DEFAULT_MAX_SIZE = 2**20  # websockets' own default frame limit
 DEFAULT_CLOSE_TIMEOUT = 10.0  # websockets' own default
 REFUSED = frozenset({401, 403, 404})  # handshake answers that another try will not change
+READ_BUFFER = 4096  # initial read buffer per socket (picows grows it for a larger frame)
+
+__all__ = ["ClientConnection", "ConnectionClosed", "State", "connected", "open_monitor", "opened"]
 
 
 def open_monitor(
@@ -33,9 +49,9 @@ def open_monitor(
     max_queue: int | None,
     max_size: int = DEFAULT_MAX_SIZE,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-) -> connect:
-    """``async with open_monitor(...) as ws`` or ``await open_monitor(...)``: the monitor socket
-    of a conversation. ``base_url`` is the API's ``http(s)://`` (or ``ws(s)://``) base."""
+) -> Awaitable[ClientConnection]:
+    """``await open_monitor(...)``, or :func:`opened`: the monitor socket of a conversation.
+    ``base_url`` is the API's ``http(s)://`` (or ``ws(s)://``) base."""
     return connect(
         monitor_url(base_url, conversation_id),
         additional_headers={"xi-api-key": api_key} if api_key else {},
@@ -46,10 +62,12 @@ def open_monitor(
         max_queue=max_queue,
         max_size=max_size,
         compression=None,
+        read_buffer_init_size=READ_BUFFER,
+        use_aiofastnet=False,
     )
 
 
-async def connected(connecting: connect) -> ClientConnection:
+async def connected(connecting: Awaitable[ClientConnection]) -> ClientConnection:
     """The socket ``connecting`` opens, or an :class:`UpstreamError`: not retriable for a
     refused handshake (401, 403, 404) or a malformed URL, retriable for anything else
     (unreachable, timed out, busy, unavailable)."""
@@ -67,7 +85,7 @@ async def connected(connecting: connect) -> ClientConnection:
 
 
 @asynccontextmanager
-async def opened(connecting: connect) -> AsyncIterator[ClientConnection]:
+async def opened(connecting: Awaitable[ClientConnection]) -> AsyncIterator[ClientConnection]:
     """``async with opened(open_monitor(...)) as ws``: the socket (:func:`connected`), closed
     on leaving; a failure while open is a retriable :class:`UpstreamError` too."""
     ws = await connected(connecting)
