@@ -15,7 +15,9 @@ typical 300-byte ``agent_response`` frame to random sockets at ``--rate`` frames
 client runs in its own process, one library at a time, alternately for ``--rounds``, and counts
 frames and its own CPU (``getrusage``) over ``--seconds`` once every socket is open. Reported
 per library: frames/s, CPU µs per frame, resident memory (MiB, whole process), median of the
-rounds; and the source's CPU in cores, to show it was not the limit.
+rounds; and the source's CPU in cores, to show it was not the limit. Every client process imports
+both libraries, so the memory figures differ by the sockets alone, and tunes the garbage
+collector as ``convostream collect`` does (:func:`convostream.runtime.tune_gc`).
 
     .venv/bin/python bench/wsclient.py [--sockets 1000] [--rate 5] [--seconds 15] [--rounds 2]
         [--json]
@@ -77,14 +79,19 @@ async def serve(port: int, rate: float) -> None:
 
 async def client(library: str, port: int, sockets: int, seconds: float) -> dict[str, float]:
     """Open ``sockets`` sockets with ``library``, read them all, measure a window."""
+    # Both libraries in every client process, so resident memory differs by the sockets alone.
+    from websockets.asyncio.client import connect
+
+    from convostream.runtime import tune_gc
+    from upstream.websocket import open_monitor, opened
+
+    tune_gc()  # the collector's garbage-collector settings
     base = f"http://127.0.0.1:{port}"
     received = 0
 
     async def read(conversation_id: str) -> None:
         nonlocal received
         if library == "picows":
-            from upstream.websocket import open_monitor, opened
-
             connecting = open_monitor(
                 base, conversation_id, None, open_timeout=30, ping_interval=20, max_queue=8
             )
@@ -92,8 +99,6 @@ async def client(library: str, port: int, sockets: int, seconds: float) -> dict[
                 while True:
                     await ws.recv(decode=False)
                     received += 1
-        from websockets.asyncio.client import connect
-
         url = f"ws://127.0.0.1:{port}/v1/convai/conversations/{conversation_id}/monitor"
         async with connect(
             url, open_timeout=30, ping_interval=20, ping_timeout=20, max_queue=8, compression=None
