@@ -59,7 +59,7 @@ async def serve(port: int, rate: float) -> None:
 
     open_: list[WSTransport] = []
 
-    class Source(WSListener):  # type: ignore[misc]
+    class Source(WSListener):
         def on_ws_connected(self, transport: WSTransport) -> None:
             open_.append(transport)
 

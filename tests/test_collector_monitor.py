@@ -71,16 +71,13 @@ class Upstream:
         return self.sockets[-1]
 
 
-@pytest.fixture
-async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A monitor whose publisher is never started (offered records stay counted), and its
-    scripted upstream; the monitor starts when the test calls ``start(history)``."""
-    upstream = Upstream()
-    monkeypatch.setattr("ingest.monitor.open_monitor", upstream)
+def _context(ws_base: str) -> Context:
+    """A collector's shared context whose publisher is never started (offered records stay in
+    its FIFO) and whose REST is unreachable."""
     metrics = Metrics()
-    ctx = Context(
+    return Context(
         collector_id="test",
-        ws_base="ws://127.0.0.1:9",
+        ws_base=ws_base,
         api_key=None,
         serde=Serde(),
         publisher=Publisher(lambda: AIOKafkaProducer(), metrics, 1000, 10**6),
@@ -97,6 +94,15 @@ async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
         backoff_max=0.05,
         max_frame_bytes=1 << 20,
     )
+
+
+@pytest.fixture
+async def rig(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A monitor whose publisher is never started (offered records stay counted), and its
+    scripted upstream; the monitor starts when the test calls ``start(history)``."""
+    upstream = Upstream()
+    monkeypatch.setattr("ingest.monitor.open_monitor", upstream)
+    ctx = _context("ws://127.0.0.1:9")
     monitors: list[Monitor] = []
 
     async def start(
@@ -246,3 +252,37 @@ async def test_a_cancellation_arriving_with_a_frame_stops_the_monitor(rig: Any) 
     sock.frames.put_nowait(FRAMES[1])
     await asyncio.wait([task], timeout=2)
     assert task.cancelled()
+
+
+async def test_a_text_frame_that_is_not_utf8_reaches_the_dlq_over_a_real_socket() -> None:
+    """The socket library must hand every frame on as bytes, undecoded (``recv(decode=False)``
+    with picows.websockets as with websockets): a text frame that is not UTF-8 (a proxy or a
+    bug upstream) becomes a dead letter, and the frame after it on the same socket an event."""
+    from picows import WSListener, WSMsgType, WSTransport, ws_create_server
+
+    bad = b'{"type":"agent_response","agent_response_event":{"agent_response":"\xff"}}'
+    good = FRAMES[0]
+
+    class Upstream(WSListener):
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            transport.send(WSMsgType.TEXT, bad)
+            transport.send(WSMsgType.TEXT, good)
+
+    server = await ws_create_server(lambda _request: Upstream(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ctx = _context(f"ws://127.0.0.1:{port}")
+    monitor = Monitor(ctx, "conv_1", None, None, lambda _m, _e: None)
+    monitor.start()
+    try:
+        await wait_for(lambda: ctx.publisher.records >= 2, 5)
+        offered = list(ctx.publisher._queue)  # the FIFO: never started, so nothing left it
+        letter = ctx.serde.decode(offered[0].value)
+        event = ctx.serde.decode(offered[1].value)
+        assert (letter.schema_name, letter.record["reason"]) == ("DeadLetter", "invalid_utf8")
+        assert letter.record["raw"] == bad
+        assert (event.schema_name, event.record["raw"]) == ("MonitorEvent", good.decode())
+        assert (offered[0].topic, offered[1].topic) == ("d", "e")
+    finally:
+        await monitor.stop()
+        server.close()
+        await ctx.rest.close()
