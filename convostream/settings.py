@@ -222,13 +222,13 @@ class CommonSettings(BaseSettings):
         """Talking to the embedded Tansu broker (see ``broker_compat``)."""
         return self.broker_compat == "tansu"
 
-    def fetch_wait_ms(self, configured: int | None) -> int:
-        """A consumer's fetch.max.wait.ms: ``configured``, else 10 ms on Tansu (it answers a
-        long poll only at its deadline) and Kafka's 500 ms elsewhere (Kafka answers as soon as
-        data arrives)."""
+    def fetch_wait_ms(self, configured: int | None, on_tansu: int = 10) -> int:
+        """A consumer's fetch.max.wait.ms: ``configured``, else ``on_tansu`` ms on Tansu (it
+        answers a long poll only at its deadline: 10 ms where each record's latency counts)
+        and Kafka's 500 ms elsewhere (Kafka answers as soon as data arrives)."""
         if configured is not None:
             return configured
-        return 10 if self.tansu else 500
+        return on_tansu if self.tansu else 500
 
     def group_heartbeat_ms(self) -> int:
         """Heartbeats a few times per session, so one late beat never evicts a member."""

@@ -82,7 +82,7 @@ from processors.faust_glue import (
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
 from processors.metrics import ProcessorMetrics
-from processors.settings import ProcessorSettings
+from processors.settings import TANSU_FETCH_WAIT_MS, ProcessorSettings
 from processors.sink import Sink
 from processors.windows import AgentWindows, SourceProgress, WindowConfig
 from schemas.clock import now_micros
@@ -290,7 +290,9 @@ class Processor:
             app,
             handlers,
             ready=self.sink_service.ready,
-            fetch_wait_ms=settings.fetch_wait_ms(settings.processor_fetch_wait_ms),
+            fetch_wait_ms=settings.fetch_wait_ms(
+                settings.processor_fetch_wait_ms, TANSU_FETCH_WAIT_MS
+            ),
         )
         # a partition without a committed offset starts from its first record
         rewind_uncommitted(app.consumer, handlers)

@@ -10,6 +10,11 @@ from pydantic import Field, field_validator
 
 from convostream.settings import OpsSettings
 
+# fetch.max.wait.ms of the source topics on Tansu (README, performance: at 2,000 conversations a
+# 10 ms wait got 246-693 of 1,000 events/s into SQL, 100-200 ms 930; no slower at 5,000 events/s
+# on 500 conversations in bench/process.py)
+TANSU_FETCH_WAIT_MS = 100
+
 
 class ProcessorSettings(OpsSettings):
     database_url: str = Field(
@@ -66,8 +71,10 @@ class ProcessorSettings(OpsSettings):
         None,
         ge=1,
         description="Longest a fetch of the source topics waits for data (fetch.max.wait.ms). "
-        "Unset: 500, or 10 with CONVOSTREAM_BROKER_COMPAT=tansu, because Tansu answers a long "
-        "poll only at its deadline, which would add it to the latency of every event.",
+        f"Unset: 500, or {TANSU_FETCH_WAIT_MS} with CONVOSTREAM_BROKER_COMPAT=tansu, which "
+        "answers a long poll only at its deadline: the wait is then the least time between two "
+        "batches, and shorter waits made batches too small to keep up with thousands of "
+        "conversations.",
     )
 
     @field_validator("database_url")
