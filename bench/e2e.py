@@ -189,10 +189,10 @@ def _check_alive(components: dict[str, tuple[subprocess.Popen[bytes], Path]]) ->
             raise RuntimeError(f"the {name} exited with {proc.returncode}:\n{tail}")
 
 
-def pipeline(run: E2ERun, conversations: int, seconds: float) -> dict[str, Any]:
+def pipeline(run: E2ERun, conversations: int, seconds: float, engine: str) -> dict[str, Any]:
     """Collector + processor: the steady-state window's figures and the ground-truth cut."""
     db = run.tmp / "e2e.db"
-    processor = start_processor(run.bootstrap, run.prefix, run.tmp, db)
+    processor = start_processor(run.bootstrap, run.prefix, run.tmp, db, engine=engine)
     port = free_port()
     collector = run.collector(port)
     components = {
@@ -271,7 +271,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bootstrap = broker.bootstrap  # type: ignore[attr-defined]
         run = E2ERun(bootstrap, Path(tmp), args.conversations, args.rate)
         try:
-            figures = pipeline(run, args.conversations, args.seconds)
+            figures = pipeline(run, args.conversations, args.seconds, args.engine)
             cut = figures.pop("_cut")
             consume_us, consume_rate = raw_consume_us(run)
             checked, lost, duplicates = lost_events(run, cut)

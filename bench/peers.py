@@ -150,11 +150,8 @@ def _running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]
 
 async def processor(bootstrap: str, prefix: str, plan: Plan, workdir: Path) -> dict[str, Any]:
     db = workdir / "processor.db"
-    settings = {
-        "CONVOSTREAM_PROCESSOR_IDLE_SECONDS": "3600",
-        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "6000",  # Apache Kafka's smallest by default
-    }
-    with _running(start_processor(bootstrap, prefix, workdir, db, settings)) as proc:
+    settings = {"CONVOSTREAM_PROCESSOR_IDLE_SECONDS": "3600"}
+    with _running(start_processor(bootstrap, prefix, workdir, db, settings, "kafka")) as proc:
         started: tuple[float, float] | None = None
         deadline = time.monotonic() + DEADLINE_S
         while True:

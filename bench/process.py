@@ -252,11 +252,22 @@ def _sql(db: Path, query: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+# Consumer-group session of the processor under test: short on the embedded broker (see the
+# README's Tansu settings), Apache Kafka's smallest by default (group.min.session.timeout.ms)
+# on Kafka, which refuses a shorter one.
+SESSION_TIMEOUT_MS = {"tansu": "2000", "kafka": "6000"}
+
+
 def start_processor(
-    bootstrap: str, prefix: str, workdir: Path, db: Path, settings: Mapping[str, str] = EMPTY
+    bootstrap: str,
+    prefix: str,
+    workdir: Path,
+    db: Path,
+    settings: Mapping[str, str] = EMPTY,
+    engine: str = "tansu",
 ) -> subprocess.Popen[bytes]:
-    """``convostream process`` on the topics of ``prefix``, SQLite sink ``db``; ``settings``
-    are more ``CONVOSTREAM_*`` variables."""
+    """``convostream process`` on the topics of ``prefix``, SQLite sink ``db``, on the broker
+    ``engine`` (``tansu`` or ``kafka``); ``settings`` are more ``CONVOSTREAM_*`` variables."""
     env = {
         **os.environ,
         "CONVOSTREAM_KAFKA_BOOTSTRAP": bootstrap,
@@ -267,7 +278,7 @@ def start_processor(
         "CONVOSTREAM_METRICS_PORT": str(free_port()),
         "CONVOSTREAM_LOG_LEVEL": "WARNING",
         "CONVOSTREAM_LOG_FORMAT": "json",
-        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": "2000",
+        "CONVOSTREAM_GROUP_SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS[engine],
         **settings,
     }
     log = (workdir / f"processor-{prefix}log").open("wb")

@@ -1,5 +1,7 @@
 """``bench/e2e.py`` scaled down (1,000 conversations, a few seconds): it runs and reports every
-figure, with the pipeline monitoring conversations and losing nothing. No timing is asserted."""
+figure, with the pipeline monitoring conversations and losing nothing, on the session's broker
+engine (``--engine``: each component must accept that broker's settings). No timing is
+asserted."""
 
 from __future__ import annotations
 
@@ -28,9 +30,19 @@ FIELDS = {
 BASELINE = {"events_per_s", "cpu_us_per_event"}
 
 
-def test_e2e_bench_smoke_reports_every_figure_and_loses_nothing() -> None:
+def test_e2e_bench_smoke_reports_every_figure_and_loses_nothing(broker_engine: str) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/e2e.py", "--conversations", "1000", "--seconds", "3", "--json"],
+        [
+            sys.executable,
+            "bench/e2e.py",
+            "--conversations",
+            "1000",
+            "--seconds",
+            "3",
+            "--engine",
+            broker_engine,
+            "--json",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -40,6 +52,7 @@ def test_e2e_bench_smoke_reports_every_figure_and_loses_nothing() -> None:
     result = json.loads(done.stdout)
     assert result.keys() >= FIELDS, FIELDS - result.keys()
     assert result["baseline"].keys() >= BASELINE
+    assert result["engine"] == broker_engine
     assert result["conversations"] > 0
     assert result["checked_events"] > 0
     assert result["lost_events"] == 0
