@@ -299,16 +299,23 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     proxied_session_engine: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
     proxy, bootstrap = proxied_session_engine
+    sim_port = free_port()
+    env = collector_env(
+        bootstrap, f"http://127.0.0.1:{sim_port}", SECRET, "", f"g-{uuid.uuid4().hex[:8]}"
+    )
+    collector = CollectorProcess("o", env, tmp_path)
+    collector.start()
+    # The outage must find the collector running: with the cut first (its start-up outlasted a
+    # fixed wait on a loaded machine), conversations ended before any collector could see them.
+    await collector.joined()
     sim = await simulator_factory(
         api_key=SECRET,
         seed=5,
         ground_truth=tmp_path / "truth.jsonl",
+        port=sim_port,
         conversations=40,
         **{**SIM, "events_per_second": 3},
     )
-    env = collector_env(bootstrap, sim.url, SECRET, "", f"g-{uuid.uuid4().hex[:8]}")
-    collector = CollectorProcess("o", env, tmp_path)
-    collector.start()
     await asyncio.sleep(6.0)
     frames_before = sim.status()["frames_generated"]
     await proxy.cut()
