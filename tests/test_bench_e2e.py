@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
     "conversations",
