@@ -87,8 +87,10 @@ async def test_pipeline_in_registry_mode(
 ) -> None:
     prefix = new_prefix()
     await create_topics(kafka_broker.bootstrap, prefix=prefix)
+    # Conversations long enough to outlive the six commands (each a `send-command` process):
+    # with 40 turns the chat target ended before the fourth on a loaded machine.
     sim = await start_simulator(
-        tmp_path / "commands.jsonl", conversations=6, events_per_second=4.0, turns=40
+        tmp_path / "commands.jsonl", conversations=6, events_per_second=4.0, turns=400
     )
     common = {
         "CONVOSTREAM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
