@@ -119,10 +119,9 @@ def conversation_stage(
     for state in touched.values():
         if not state.times:  # only a lifecycle record so far: nothing to report
             continue
-        latencies = state.latencies()
-        rows.append(state.metrics(now, latencies))
+        rows.append(state.metrics(now))
         agent_label = state.agent_id or "unknown"
-        metrics.latencies += [(agent_label, us / 1e6) for us in state.unobserved(latencies)]
+        metrics.latencies += [(agent_label, us / 1e6) for us in state.unobserved()]
         metrics.live.append((agent_label, state.conversation_id, state.ended))
     sends = [
         Send(FORWARD, agent.encode(), forward.encode(agent, part, now, items))

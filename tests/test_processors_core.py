@@ -61,6 +61,49 @@ def test_metrics_do_not_depend_on_order_or_duplicates(
     assert ConversationState.from_bytes(state.to_bytes()).metrics(updated_at=0) == reference
 
 
+def _brute_latencies(events: list[Event]) -> list[int]:
+    """The pairing rule of DESIGN.md §3 by brute force: earliest copy per key, each user turn
+    with the earliest response of the smallest event id above its own."""
+    earliest: dict[str, Event] = {}
+    for e in events:
+        if e.event_key not in earliest or e.received_at < earliest[e.event_key].received_at:
+            earliest[e.event_key] = e
+    responses = [
+        e for e in earliest.values() if e.type == "agent_response" and e.event_id is not None
+    ]
+    out = []
+    for user in earliest.values():
+        if user.type != "user_transcript" or user.event_id is None:
+            continue
+        later = [r for r in responses if r.event_id > user.event_id]  # type: ignore[operator]
+        if later:
+            eid = min(r.event_id for r in later)  # type: ignore[type-var]
+            at = min(r.received_at for r in later if r.event_id == eid)
+            out.append(max(0, at - user.received_at))
+    return sorted(out)
+
+
+@given(conversations(), st.randoms(use_true_random=False))
+@settings(max_examples=300)
+def test_metrics_kept_current_per_event_match_a_recomputation(
+    events: list[Event], rnd: random.Random
+) -> None:
+    """After every event the indices kept up to date match a state rebuilt from its stored
+    bytes and a brute-force pairing, and each paired user turn is handed out exactly once."""
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    state = ConversationState("c1")
+    handed_out: list[int] = []
+    for n, event in enumerate(shuffled, 1):
+        state.apply(event)
+        handed_out += state.unobserved()
+        rebuilt = ConversationState.from_bytes(state.to_bytes())
+        assert state.metrics(0) == rebuilt.metrics(0)
+        assert sorted(state.latencies().values()) == _brute_latencies(shuffled[:n])
+        assert rebuilt.unobserved() == []
+    assert len(handed_out) == len(state.latencies())
+
+
 def test_latency_pairs_by_event_id_not_by_arrival() -> None:
     def ev(key: str, etype: str, eid: int, at_ms: int) -> Event:
         return Event(key, "c", "a", etype, eid, at_ms * 1000)
@@ -116,13 +159,13 @@ def test_each_latency_pair_is_observed_once() -> None:
             Event("a2", "c", "a", "agent_response", 2, 3_000),
         ],
     )
-    assert state.unobserved(state.latencies()) == [2_000]
+    assert state.unobserved() == [2_000]
     state = ConversationState.from_bytes(state.to_bytes())  # evicted and read back
     state.end("a")  # a lifecycle record touches it again
-    assert state.unobserved(state.latencies()) == []
+    assert state.unobserved() == []
     state.apply(Event("u3", "c", "a", "user_transcript", 3, 4_000))
     state.apply(Event("a4", "c", "a", "agent_response", 4, 4_500))
-    assert state.unobserved(state.latencies()) == [500]
+    assert state.unobserved() == [500]
 
 
 def test_end_call_and_lifecycle_end() -> None:

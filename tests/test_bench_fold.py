@@ -1,0 +1,29 @@
+"""``bench/fold.py`` scaled down: it runs and reports both figures for every length asked.
+No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fold_bench_smoke_reports_stage_and_bare_fold_per_length() -> None:
+    args = ["--conversations", "50", "--lengths", "5,40", "--batches", "2", "--json"]
+    done = subprocess.run(
+        [sys.executable, "bench/fold.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["conversations"] == 50
+    assert set(result["by_length"]) == {"5", "40"}
+    for figures in result["by_length"].values():
+        assert figures["stage_us_per_event"] > 0
+        assert figures["fold_us_per_event"] > 0
