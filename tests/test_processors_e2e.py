@@ -287,9 +287,13 @@ async def test_sigkilled_processor_emits_the_windows_of_a_clean_run(
         assert _windows_done(clean, total)
         # killed with its stores open: rebuilt from the changelogs (processors.local_state)
         assert not stores or "local table stores discarded" in killed.log_text()
-        assert sqlite_windows(tmp_path / "killed.db") == clean, await _unforwarded(
-            kafka_broker.bootstrap, prefix
+        restarted = sqlite_windows(tmp_path / "killed.db")
+        # not done is not different: on a starved machine it may still be catching up
+        assert _windows_done(restarted, total), (
+            "the restarted processor had not made every window final within 150 s; "
+            + await _unforwarded(kafka_broker.bootstrap, prefix)
         )
+        assert restarted == clean, await _unforwarded(kafka_broker.bootstrap, prefix)
         on_topic: dict[tuple[str, int], dict[bytes, dict[str, Any]]] = {}
         for record in await read_topic(
             kafka_broker.bootstrap, METRICS_AGENT_WINDOWS.full_name(prefix)
