@@ -49,11 +49,12 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
 from faust.auth import SASLCredentials, SSLCredentials
+from faust.types import TP
 from faust.types.auth import CredentialsT as Credentials
 from mode import Service
 
@@ -62,7 +63,7 @@ from convostream.cluster import default_replication_sync
 from convostream.kafka_security import KafkaSecurity
 from convostream.logs import get_logger
 from processors import forward, plans, stages
-from processors.conversation import ConversationState
+from processors.conversation import ConversationState, last_touched
 from processors.events import (
     CORRECTION,
     INTERRUPTION,
@@ -78,6 +79,7 @@ from processors.faust_glue import (
     raw_table,
     replace_drain,
     rewind_uncommitted,
+    stored_items,
 )
 from processors.faust_glue import in_partition_of as _in_partition_of
 from processors.finished import FinishedConversations
@@ -102,6 +104,8 @@ log = get_logger(__name__)
 FORWARD_PARTITIONS = 6
 _WRITES = (METRICS_CONVERSATIONS, METRICS_AGENT_WINDOWS)  # events.late gets MonitorEvent bytes
 _CACHE_LIMIT = 200_000  # cached states per worker; beyond it the cache starts over from tables
+_DAY_MICROS = 86_400 * 1_000_000
+_SWEEP_SLICE = 500  # stored states read per pass of the event loop during a retention sweep
 # bytes in, bytes out: Faust would otherwise decode raw values as UTF-8 text
 _RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -159,8 +163,22 @@ def _store_url(choice: str) -> str:
     return f"{choice}://"
 
 
+def sweep_interval(retention_micros: int) -> float:
+    """Seconds between two state retention sweeps: a quarter of the retention, at most hourly
+    (a state outlives its retention by at most that), at least every second."""
+    return min(3600.0, max(1.0, retention_micros / 4e6))
+
+
+class _Position(NamedTuple):
+    """A message's topic and partition: all a table write needs of it."""
+
+    topic: str
+    partition: int
+
+
 class _Source:
-    """Stands in for a Faust event where tables only need ``event.message.partition``."""
+    """Stands in for a Faust event where tables only need ``event.message.partition`` (and its
+    topic, which Faust checks has as many partitions as the table)."""
 
     __slots__ = ("__weakref__", "message")
 
@@ -299,6 +317,9 @@ class Processor:
         # table writes reach the changelog before the offsets of their events are committed
         complete_flush(app.producer.buffer)
         app.timer(1.0)(self._tick)
+        self._retention = int(settings.processor_state_retention_days * _DAY_MICROS)  # 0: off
+        if self._retention:
+            app.timer(sweep_interval(self._retention))(self._sweep_states)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         processor = self
 
@@ -356,15 +377,17 @@ class Processor:
             forwarded[message.tp] = message.offset
         self.metrics.batch_seconds.labels("conversations").observe(time.perf_counter() - started)
 
-    def _conversation(self, cid: str, event: Any) -> ConversationState:
+    def _conversation(self, cid: str, event: Any) -> ConversationState | None:
+        """The cached or stored state of ``cid``; None when it has none."""
         state = self._conv_cache.get(cid)
         if state is None:
             if len(self._conv_cache) >= _CACHE_LIMIT:
                 self._conv_cache.clear()
             with _in_partition_of(event):
                 stored = self.conversations.get(cid.encode())
-            state = ConversationState.from_bytes(stored) if stored else ConversationState(cid)
-            self._conv_cache[cid] = state
+            if not stored:
+                return None
+            state = self._conv_cache[cid] = ConversationState.from_bytes(stored)
         return state
 
     async def _conversation_batch(self, batch: list[Any]) -> None:
@@ -398,7 +421,13 @@ class Processor:
             cid = item.conversation_id
             source = routes[message.partition] = _Source(message)
             if cid not in states:
-                states[cid] = self._conversation(cid, source)
+                state = self._conversation(cid, source)
+                if state is None:
+                    if isinstance(item, Event) and self._expired(item.received_at):
+                        self.metrics.expired_events.inc()  # its state may have been deleted
+                        continue
+                    state = self._conv_cache[cid] = ConversationState(cid)
+                states[cid] = state
             records.append(stages.SourceRecord(message.partition, message.offset, value, item))
         plan = stages.conversation_stage(records, states, now_micros(), self.serde.encode)
         if plan is None:
@@ -408,6 +437,63 @@ class Processor:
             if state.ended and state.times:  # reported as ended: it stays in the table
                 self._conv_cache.pop(cid, None)
         self._update_lag()
+
+    def _expired(self, received_at: int) -> bool:
+        return bool(self._retention) and received_at < now_micros() - self._retention
+
+    async def _sweep_states(self) -> None:
+        """Delete the conversation states of this worker's partitions that no batch has touched
+        for longer than the retention (tombstones in the changelog), a slice at a time.
+
+        A batch that touches a state while the sweep runs writes it back after the delete, so
+        no live state is lost; events for a deleted conversation that are older than the
+        retention are skipped (``_expired``) instead of starting an empty state that would
+        overwrite its metrics.
+        """
+        consumer: Any = self.app.consumer
+        if self.app.in_recovery:
+            return
+        topic = self.monitor_topic_name
+        partitions = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+        horizon = now_micros() - self._retention
+        stored = expired = 0
+        for partition in partitions:
+            items = stored_items(self.conversations, partition)
+            if items is None:
+                log.warning("state retention needs the rocksdb store: states are kept")
+                self._retention = 0
+                return
+            for n, (key, value) in enumerate(items, 1):
+                if n % _SWEEP_SLICE == 0:
+                    await asyncio.sleep(0)  # batches go on between slices
+                    if self.app.in_recovery or TP(topic, partition) not in consumer.assignment():
+                        break  # the partition moved: its new owner sweeps it
+                touched = last_touched(value)
+                if touched is not None and touched >= horizon:
+                    stored += 1
+                    continue
+                with _in_partition_of(_Source(_Position(topic, partition))):
+                    if touched is None:  # an older version's lifecycle-only state: ages from now
+                        state = ConversationState.from_bytes(value)
+                        state.touched_at = now_micros()
+                        self.conversations[key] = state.to_bytes()
+                        stored += 1
+                        continue
+                    del self.conversations[key]
+                self._forget(key.decode())
+                expired += 1
+        self.metrics.stored_conversations.set(stored)
+        if expired:
+            self.metrics.states_expired.inc(expired)
+            log.info("conversation states expired", states=expired, kept=stored)
+
+    def _forget(self, cid: str) -> None:
+        """Drop a deleted state from the cache and, if it never ended, from the live gauge."""
+        self._conv_cache.pop(cid, None)
+        for agent, live in self._live.items():
+            if cid in live:
+                live.discard(cid)
+                self.metrics.live_conversations.labels(agent).set(len(live))
 
     def _update_metrics(self, updates: plans.MetricUpdates) -> None:
         """The last step of a plan (:func:`processors.plans.apply`)."""

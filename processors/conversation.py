@@ -81,6 +81,7 @@ class ConversationState:
         "observed",
         "times",
         "tool_errors",
+        "touched_at",
         "untracked",
         "untracked_span",
         "users",
@@ -99,6 +100,7 @@ class ConversationState:
         observed: array[int] | None = None,
         untracked: int = 0,
         untracked_span: tuple[int, int] | None = None,
+        touched_at: int | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self.agent_id = agent_id
@@ -113,6 +115,8 @@ class ConversationState:
         self.observed = set(self._observed_keys)
         self.untracked = untracked  # events counted beyond MAX_TRACKED, not de-duplicated
         self.untracked_span = untracked_span  # their earliest and latest received_at
+        # the processor's clock when a batch last touched it: what state retention ages by
+        self.touched_at = touched_at
         self._index()
 
     def _index(self) -> None:
@@ -308,6 +312,7 @@ class ConversationState:
                 "o": len(self._observed_keys),
                 "u": self.untracked,
                 "s": self.untracked_span,
+                "w": self.touched_at,
             }
         )
         return b"".join(
@@ -346,7 +351,29 @@ class ConversationState:
             observed,
             head.get("u", 0),
             None if span is None else (span[0], span[1]),
+            head.get("w"),
         )
+
+
+def last_touched(data: bytes) -> int | None:
+    """When a stored state was last touched, read from its header alone (state retention
+    reads every stored state). A state stored before ``touched_at`` existed: the latest
+    received_at of its events; None when it holds no event and no such time (nothing but a
+    lifecycle record, from an older version)."""
+    (size,) = _HEADER.unpack_from(data)
+    start = _HEADER.size + size
+    head = orjson.loads(data[_HEADER.size : start])
+    touched: int | None = head.get("w")
+    if touched is not None:
+        return touched
+    count = head["n"][0]
+    times = array("q")
+    times.frombytes(data[start + 8 * count : start + 16 * count])
+    latest: int | None = max(times, default=None)
+    span = head.get("s")
+    if span is not None:
+        latest = span[1] if latest is None else max(latest, span[1])
+    return latest
 
 
 def compute(

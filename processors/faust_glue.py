@@ -1,6 +1,6 @@
 """Every private Faust and aiokafka internal the processor relies on, checked before use.
 
-The batch path (``processors.app``) reaches past Faust's public interface in five places:
+The batch path (``processors.app``) reaches past Faust's public interface in six places:
 
 - ``Consumer._drain_messages`` is replaced by :func:`replace_drain`, which keeps Faust's
   offset bookkeeping (``_read_offset``, ``_add_gap``, ``_unacked_messages``, ``ack``,
@@ -10,7 +10,9 @@ The batch path (``processors.app``) reaches past Faust's public interface in fiv
   the long poll (:func:`shorten_fetch_wait`);
 - ``Table.key_serializer`` / ``value_serializer``, read when the store is created
   (:func:`raw_table`);
-- the producer buffer's ``flush`` and ``_send_pending`` (:func:`complete_flush`).
+- the producer buffer's ``flush`` and ``_send_pending`` (:func:`complete_flush`);
+- the RocksDB store's per-partition databases (``_dbs``, ``_visible_items``), iterated by
+  :func:`stored_items` for state retention.
 
 They hold for the versions below. :func:`check_versions` (at start-up) refuses others and each
 helper checks the attributes it touches, so a Faust or aiokafka upgrade fails loudly, naming
@@ -99,6 +101,24 @@ def raw_table(app: faust.App, name: str, partitions: int) -> Any:
     _require(table, ("key_serializer", "value_serializer"), "Table")
     table.key_serializer = table.value_serializer = "raw"  # read when the store is created
     return table
+
+
+def stored_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]] | None:
+    """The stored keys and values of one partition of ``table`` (an empty iterator when this
+    worker has no database for it), or None for a store without partitions (``memory://``).
+
+    Faust iterates a table over all of a worker's active partitions at once and does not say
+    which partition a key is in; a delete must go to that partition's changelog.
+    """
+    store = table.data
+    if not hasattr(store, "_dbs"):
+        return None
+    _require(store, ("_visible_items",), type(store).__name__)
+    db = store._dbs.get(partition)
+    if db is None:
+        return iter(())
+    items: Iterator[tuple[bytes, bytes]] = store._visible_items(db)
+    return items
 
 
 def complete_flush(buffer: Any) -> None:

@@ -78,6 +78,22 @@ class ProcessorMetrics:
             "Messages of convai.monitor.events not yet processed by this worker.",
             registry=r,
         )
+        self.states_expired = Counter(
+            _P + "conversation_states_expired",
+            "Conversation states deleted by state retention (untouched for longer than it).",
+            registry=r,
+        )
+        self.stored_conversations = Gauge(
+            _P + "stored_conversations",
+            "Conversation states stored on this worker's partitions, at the last retention sweep.",
+            registry=r,
+        )
+        self.expired_events = Counter(
+            _P + "expired_events",
+            "Events skipped because they were older than the state retention and their "
+            "conversation had no state (deleted, or never seen within the retention).",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             _P + "processor_batch_seconds",
             "Time to process one batch (decode, state, forward, emit, SQL).",

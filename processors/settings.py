@@ -43,6 +43,14 @@ class ProcessorSettings(OpsSettings):
         description="Delete final agent_window_metrics rows that ended longer ago than this "
         "(0: keep them forever); conversation_metrics rows are kept.",
     )
+    processor_state_retention_days: float = Field(
+        7.0,
+        ge=0,
+        description="Delete a conversation's state (table and changelog) once no batch has "
+        "touched it for this long, and skip events older than this for conversations without "
+        "state (0: keep every state forever). The default matches the events topic's "
+        "retention: older events cannot be read again anyway.",
+    )
     processor_grace_seconds: float = Field(
         10.0, ge=0, description="How long after its end a window still accepts events."
     )

@@ -135,10 +135,10 @@ def conversation_stage(
         )
         for row in rows
     ]
-    writes = [
-        Write(CONVERSATIONS_TABLE, partition_of[cid], cid.encode(), state.to_bytes())
-        for cid, state in touched.items()
-    ]
+    writes = []
+    for cid, state in touched.items():
+        state.touched_at = now
+        writes.append(Write(CONVERSATIONS_TABLE, partition_of[cid], cid.encode(), state.to_bytes()))
     return Plan(sends, rows, [], sql_alongside=True, writes=writes, metrics=metrics)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 import pytest
 
 from processors import forward, plans
-from processors.conversation import ConversationState
+from processors.conversation import ConversationState, last_touched
 from processors.events import Event
 from processors.plans import MetricUpdates, Plan, Send, Write, apply
 from processors.stages import (
@@ -78,6 +78,19 @@ def test_conversation_stage_plans_forwards_metrics_and_one_write_per_conversatio
         ("agent-a", "c1", False),
         ("unknown", "c2", False),
     ]
+
+
+def test_conversation_stage_stores_when_it_touched_each_state() -> None:
+    """State retention ages a stored state by the last batch that touched it, read from the
+    header alone; states stored before that field fall back to their latest event."""
+    plan = conversation_stage(_source_batch(), _fresh(["c1", "c2", "c3"]), NOW, SERDE.encode)
+    assert plan is not None
+    assert [last_touched(w.value) for w in plan.writes] == [NOW, NOW, NOW]
+    older = ConversationState.from_bytes(plan.writes[0].value)
+    older.touched_at = None  # as an earlier version stored it
+    assert last_touched(older.to_bytes()) == NOW - 10 * SECOND + 1  # its latest received_at
+    lifecycle_only = ConversationState("c3", ended=True)
+    assert last_touched(lifecycle_only.to_bytes()) is None
 
 
 def test_conversation_stage_without_conversations_plans_nothing() -> None:
