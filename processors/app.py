@@ -63,7 +63,7 @@ from convostream.cluster import default_replication_sync
 from convostream.kafka_security import KafkaSecurity
 from convostream.logs import get_logger
 from processors import forward, plans, stages
-from processors.conversation import ConversationState, last_touched
+from processors.conversation import ConversationState, last_touched, stored_chunks
 from processors.events import (
     CORRECTION,
     INTERRUPTION,
@@ -318,6 +318,8 @@ class Processor:
         complete_flush(app.producer.buffer)
         app.timer(1.0)(self._tick)
         self._retention = int(settings.processor_state_retention_days * _DAY_MICROS)  # 0: off
+        self._idle = asyncio.Event()  # set while no conversation batch is open
+        self._idle.set()
         if self._retention:
             app.timer(sweep_interval(self._retention))(self._sweep_states)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -371,7 +373,11 @@ class Processor:
         """One ``getmany`` batch of the source topics, acked by ``replace_drain`` right after
         (no await in between, so ``_forwarded`` moves with the acks)."""
         started = time.perf_counter()
-        await self._conversation_batch(batch)
+        self._idle.clear()  # no state retention delete while the batch holds its states
+        try:
+            await self._conversation_batch(batch)
+        finally:
+            self._idle.set()
         forwarded = self._forwarded
         for message in batch:
             forwarded[message.tp] = message.offset
@@ -385,9 +391,10 @@ class Processor:
                 self._conv_cache.clear()
             with _in_partition_of(event):
                 stored = self.conversations.get(cid.encode())
-            if not stored:
-                return None
-            state = self._conv_cache[cid] = ConversationState.from_bytes(stored)
+                if not stored:
+                    return None
+                state = ConversationState.from_bytes(stored, self.conversations.get)
+            self._conv_cache[cid] = state
         return state
 
     async def _conversation_batch(self, batch: list[Any]) -> None:
@@ -443,12 +450,14 @@ class Processor:
 
     async def _sweep_states(self) -> None:
         """Delete the conversation states of this worker's partitions that no batch has touched
-        for longer than the retention (tombstones in the changelog), a slice at a time.
+        for longer than the retention (tombstones in the changelog, chunks with their head).
 
-        A batch that touches a state while the sweep runs writes it back after the delete, so
-        no live state is lost; events for a deleted conversation that are older than the
-        retention are skipped (``_expired``) instead of starting an empty state that would
-        overwrite its metrics.
+        The store is read a slice at a time, batches going on in between, so what it shows may
+        be older than the table: each candidate is read again and deleted only while no
+        conversation batch is open (:meth:`_expire`), so a state a batch holds is never
+        deleted under it. Events for a deleted conversation that are older than the retention
+        are skipped (``_expired``) instead of starting an empty state that would overwrite its
+        metrics.
         """
         consumer: Any = self.app.consumer
         if self.app.in_recovery:
@@ -456,36 +465,65 @@ class Processor:
         topic = self.monitor_topic_name
         partitions = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
         horizon = now_micros() - self._retention
-        stored = expired = 0
+        kept = expired = 0
         for partition in partitions:
             items = stored_items(self.conversations, partition)
             if items is None:
                 log.warning("state retention needs the rocksdb store: states are kept")
                 self._retention = 0
                 return
+            candidates: list[bytes] = []
             for n, (key, value) in enumerate(items, 1):
-                if n % _SWEEP_SLICE == 0:
-                    await asyncio.sleep(0)  # batches go on between slices
-                    if self.app.in_recovery or TP(topic, partition) not in consumer.assignment():
-                        break  # the partition moved: its new owner sweeps it
-                touched = last_touched(value)
-                if touched is not None and touched >= horizon:
-                    stored += 1
-                    continue
-                with _in_partition_of(_Source(_Position(topic, partition))):
-                    if touched is None:  # an older version's lifecycle-only state: ages from now
-                        state = ConversationState.from_bytes(value)
-                        state.touched_at = now_micros()
-                        self.conversations[key] = state.to_bytes()
-                        stored += 1
-                        continue
-                    del self.conversations[key]
-                self._forget(key.decode())
-                expired += 1
-        self.metrics.stored_conversations.set(stored)
+                if not key.startswith(b"\x00"):  # not a chunk: those go with their head
+                    touched = last_touched(value)
+                    if touched is None or touched < horizon:
+                        candidates.append(key)
+                    else:
+                        kept += 1
+                if n % _SWEEP_SLICE == 0:  # batches go on between slices
+                    gone, stay = await self._expire(topic, partition, candidates, horizon)
+                    expired, kept, candidates = expired + gone, kept + stay, []
+            gone, stay = await self._expire(topic, partition, candidates, horizon)
+            expired += gone
+            kept += stay
+        self.metrics.stored_conversations.set(kept)
         if expired:
             self.metrics.states_expired.inc(expired)
-            log.info("conversation states expired", states=expired, kept=stored)
+            log.info("conversation states expired", states=expired, kept=kept)
+
+    async def _expire(
+        self, topic: str, partition: int, keys: list[bytes], horizon: int
+    ) -> tuple[int, int]:
+        """Delete the states of ``keys`` still untouched since ``horizon``, with no batch open
+        (no await from the check to the last delete); how many went and stayed."""
+        await asyncio.sleep(0)
+        while not self._idle.is_set():
+            await self._idle.wait()
+        consumer: Any = self.app.consumer
+        if self.app.in_recovery or TP(topic, partition) not in consumer.assignment():
+            return 0, 0  # the partition moved: its new owner sweeps it
+        table = self.conversations
+        expired = kept = 0
+        with _in_partition_of(_Source(_Position(topic, partition))):
+            for key in keys:
+                value = table.get(key)
+                if not value:
+                    continue
+                touched = last_touched(value)
+                if touched is None:  # an older version's lifecycle-only state: ages from now
+                    state = ConversationState.from_bytes(value, table.get)
+                    state.touched_at = now_micros()
+                    table[key] = state.to_bytes()
+                    kept += 1
+                elif touched >= horizon:
+                    kept += 1
+                else:
+                    for chunk in stored_chunks(value):
+                        del table[chunk]
+                    del table[key]
+                    self._forget(key.decode())
+                    expired += 1
+        return expired, kept
 
     def _forget(self, cid: str) -> None:
         """Drop a deleted state from the cache and, if it never ended, from the live gauge."""
@@ -636,7 +674,7 @@ class Processor:
             stored = self.conversations.get(conversation_id.encode())
             if not stored:
                 return web.json({"error": "unknown conversation"}, status=404)
-            state = ConversationState.from_bytes(stored)
+            state = ConversationState.from_bytes(stored, self.conversations.get)
         return web.json(state.metrics(now_micros()))
 
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -46,7 +47,7 @@ from processors.events import (
     Event,
     key_hash,
 )
-from processors.packed import PackedMap
+from processors.packed import CHUNK, PackedMap
 from schemas.records import ConversationMetrics
 
 _HEADER = struct.Struct("<I")
@@ -67,7 +68,6 @@ class ConversationState:
         "_fresh",
         "_last",
         "_latency",
-        "_observed_keys",
         "_response_ids",
         "_response_times",
         "_sorted_latencies",
@@ -78,7 +78,6 @@ class ConversationState:
         "by_type",
         "conversation_id",
         "ended",
-        "observed",
         "times",
         "tool_errors",
         "touched_at",
@@ -97,7 +96,6 @@ class ConversationState:
         times: PackedMap | None = None,
         users: PackedMap | None = None,
         agents: PackedMap | None = None,
-        observed: array[int] | None = None,
         untracked: int = 0,
         untracked_span: tuple[int, int] | None = None,
         touched_at: int | None = None,
@@ -110,14 +108,14 @@ class ConversationState:
         self.times = PackedMap() if times is None else times  # key -> earliest received_at
         self.users = PackedMap() if users is None else users  # key -> event id (user turns)
         self.agents = PackedMap() if agents is None else agents  # key -> event id (responses)
-        # user keys whose latency went to Prometheus: a set to test, an array to store
-        self._observed_keys = array("Q") if observed is None else observed
-        self.observed = set(self._observed_keys)
         self.untracked = untracked  # events counted beyond MAX_TRACKED, not de-duplicated
         self.untracked_span = untracked_span  # their earliest and latest received_at
         # the processor's clock when a batch last touched it: what state retention ages by
         self.touched_at = touched_at
         self._index()
+        # A stored state was stored after its pairs went to the histogram (the stage hands
+        # them out before it writes), so a state read back has none left to hand out.
+        self._fresh.clear()
 
     def _index(self) -> None:
         """The indices over the stored fields, built in bulk (never stored)."""
@@ -139,7 +137,7 @@ class ConversationState:
         self._user_keys = array("Q", [key for _, key in by_id])
         self._latency: dict[int, int] = {}  # user key -> latency (µs) of its pair
         self._sorted_latencies = array("q")  # the values of _latency, ascending
-        self._fresh: set[int] = set()  # user keys with a latency, not observed yet
+        self._fresh: set[int] = set()  # user keys paired since pairs were last handed out
         for uid, key in by_id:
             self._pair(key, uid)
 
@@ -230,7 +228,7 @@ class ConversationState:
         values = self._sorted_latencies
         if old is not None:
             del values[bisect_left(values, old)]
-        elif key not in self.observed:
+        else:
             self._fresh.add(key)
         self._latency[key] = latency
         insort(values, latency)
@@ -243,8 +241,6 @@ class ConversationState:
             return []
         latency = self._latency
         out = [latency[key] for key in fresh]
-        self.observed.update(fresh)
-        self._observed_keys.extend(fresh)
         fresh.clear()
         return out
 
@@ -299,8 +295,25 @@ class ConversationState:
             last = max(last, self.untracked_span[1])
         return first, last
 
+    def storage(self) -> list[tuple[bytes, bytes]]:
+        """The table entries to write for this state: its chunks to store now (full or
+        changed, :mod:`processors.packed`), then its head (:meth:`to_bytes`) under the
+        conversation id. Written in this order, a stored head never names a missing chunk."""
+        entries = [
+            (chunk_key(self.conversation_id, letter, number), data)
+            for letter, packed in zip(_MAPS, self._maps(), strict=True)
+            for number, data in packed.take_chunks()
+        ]
+        entries.append((self.conversation_id.encode(), self.to_bytes()))
+        return entries
+
+    def _maps(self) -> tuple[PackedMap, PackedMap, PackedMap]:
+        return self.times, self.users, self.agents
+
     def to_bytes(self) -> bytes:
-        """Compact table value: a JSON header, then the per-event maps as packed 64-bit arrays."""
+        """The head: a JSON header, then each map's entries after its stored chunks as packed
+        64-bit arrays (the whole state while :meth:`storage` has stored no chunk)."""
+        maps = self._maps()
         header = orjson.dumps(
             {
                 "c": self.conversation_id,
@@ -308,39 +321,37 @@ class ConversationState:
                 "e": self.ended,
                 "t": self.by_type,
                 "x": self.tool_errors,
-                "n": [len(self.times), len(self.users), len(self.agents)],
-                "o": len(self._observed_keys),
+                "n": [len(m) for m in maps],
+                "k": [m.sealed for m in maps],
                 "u": self.untracked,
                 "s": self.untracked_span,
                 "w": self.touched_at,
             }
         )
-        return b"".join(
-            (
-                _HEADER.pack(len(header)),
-                header,
-                self.times.to_bytes(),
-                self.users.to_bytes(),
-                self.agents.to_bytes(),
-                self._observed_keys.tobytes(),
-            )
-        )
+        return b"".join((_HEADER.pack(len(header)), header, *(m.tail_bytes() for m in maps)))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ConversationState:
-        (size,) = _HEADER.unpack_from(data)
-        start = _HEADER.size + size
-        head = orjson.loads(data[_HEADER.size : start])
+    def from_bytes(
+        cls, data: bytes, read_chunk: Callable[[bytes], bytes | None] | None = None
+    ) -> ConversationState:
+        """The state of a stored head, its chunks read with ``read_chunk`` (a table's get)."""
+        head, start = _header(data)
+        cid = head["c"]
         maps: list[PackedMap] = []
-        for count in head["n"]:
-            packed, start = PackedMap.read(data, start, count)
+        chunked = head.get("k", _NO_CHUNKS)
+        for letter, count, sealed in zip(_MAPS, head["n"], chunked, strict=True):
+            chunks = []
+            for number in range(sealed // CHUNK):
+                chunk = read_chunk(chunk_key(cid, letter, number)) if read_chunk else None
+                if chunk is None:
+                    raise ValueError(f"stored state of {cid!r} lacks its chunk {letter}{number}")
+                chunks.append(chunk)
+            packed, start = PackedMap.read(chunks, data, start, count - sealed)
             maps.append(packed)
-        observed = array("Q")
-        observed.frombytes(data[start : start + 8 * head.get("o", 0)])
         span = head.get("s")
         times, users, agents = maps
         return cls(
-            head["c"],
+            cid,
             head["a"],
             head["e"],
             head["t"],
@@ -348,25 +359,48 @@ class ConversationState:
             times,
             users,
             agents,
-            observed,
             head.get("u", 0),
             None if span is None else (span[0], span[1]),
             head.get("w"),
         )
 
 
-def last_touched(data: bytes) -> int | None:
-    """When a stored state was last touched, read from its header alone (state retention
-    reads every stored state). A state stored before ``touched_at`` existed: the latest
-    received_at of its events; None when it holds no event and no such time (nothing but a
-    lifecycle record, from an older version)."""
+_MAPS = "tua"  # times, users, agents: the letters of their chunk keys
+_NO_CHUNKS = (0, 0, 0)  # states stored before chunks existed
+
+
+def chunk_key(conversation_id: str, letter: str, number: int) -> bytes:
+    """Table key of a chunk: reserved (a leading NUL, which conversation ids do not have)."""
+    return b"\x00%s%d:%s" % (letter.encode(), number, conversation_id.encode())
+
+
+def _header(data: bytes) -> tuple[dict[str, Any], int]:
     (size,) = _HEADER.unpack_from(data)
     start = _HEADER.size + size
-    head = orjson.loads(data[_HEADER.size : start])
+    head: dict[str, Any] = orjson.loads(data[_HEADER.size : start])
+    return head, start
+
+
+def stored_chunks(data: bytes) -> list[bytes]:
+    """The table keys of a stored head's chunks (deleted with it)."""
+    head, _ = _header(data)
+    return [
+        chunk_key(head["c"], letter, number)
+        for letter, sealed in zip(_MAPS, head.get("k", _NO_CHUNKS), strict=True)
+        for number in range(sealed // CHUNK)
+    ]
+
+
+def last_touched(data: bytes) -> int | None:
+    """When a stored state was last touched, read from its header alone (state retention
+    reads every stored state). A state stored before ``touched_at`` existed (and before
+    chunks): the latest received_at of its events; None when it holds no event and no such
+    time (nothing but a lifecycle record)."""
+    head, start = _header(data)
     touched: int | None = head.get("w")
     if touched is not None:
         return touched
-    count = head["n"][0]
+    count = head["n"][0] - head.get("k", _NO_CHUNKS)[0]
     times = array("q")
     times.frombytes(data[start + 8 * count : start + 16 * count])
     latest: int | None = max(times, default=None)

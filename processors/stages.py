@@ -138,7 +138,8 @@ def conversation_stage(
     writes = []
     for cid, state in touched.items():
         state.touched_at = now
-        writes.append(Write(CONVERSATIONS_TABLE, partition_of[cid], cid.encode(), state.to_bytes()))
+        part = partition_of[cid]
+        writes += [Write(CONVERSATIONS_TABLE, part, k, v) for k, v in state.storage()]
     return Plan(sends, rows, [], sql_alongside=True, writes=writes, metrics=metrics)
 
 

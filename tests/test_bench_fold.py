@@ -27,3 +27,4 @@ def test_fold_bench_smoke_reports_stage_and_bare_fold_per_length() -> None:
     for figures in result["by_length"].values():
         assert figures["stage_us_per_event"] > 0
         assert figures["fold_us_per_event"] > 0
+        assert figures["stored_kib_per_event"] > 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors import forward
 from processors.conversation import MAX_TRACKED, ConversationState, compute, nearest_rank
 from processors.events import Event
+from processors.packed import CHUNK
 from processors.windows import AgentWindows, Outcome, SourceProgress, WindowConfig, WindowEvent
 
 TYPES = [
@@ -166,6 +168,45 @@ def test_each_latency_pair_is_observed_once() -> None:
     state.apply(Event("u3", "c", "a", "user_transcript", 3, 4_000))
     state.apply(Event("a4", "c", "a", "agent_response", 4, 4_500))
     assert state.unobserved() == [500]
+
+
+def test_long_conversations_are_stored_in_chunks_written_once() -> None:
+    """Stored every few events as the worker stores it, a 1,500-event conversation (copies
+    arriving late with earlier times, also into chunks already stored) reads back equal from
+    its head and chunks; a head holds at most a chunk's worth of entries per map, and each
+    write holds only the chunks filled or changed since the last."""
+    rnd = random.Random(3)
+    types = ["user_transcript", "agent_response", "ping", "agent_chat_response_part"]
+    events = [
+        Event(f"k{i}", "c", "a", types[i % 4], i, 1_000_000 + 1000 * i + rnd.randrange(900))
+        for i in range(1500)
+    ]
+    arrivals = list(events)
+    for i in range(0, 1400, 97):  # a copy received earlier, arriving much later
+        arrivals.insert(
+            min(len(arrivals), i + 600), events[i]._replace(received_at=events[i].received_at - 500)
+        )
+    table: dict[bytes, bytes] = {}
+    state = ConversationState("c")
+    rewritten = 0
+    for n, event in enumerate(arrivals, 1):
+        state.apply(event)
+        if n % 7 == 0 or n == len(arrivals):
+            entries = state.storage()
+            assert entries[-1][0] == b"c"  # the head after its chunks
+            for key, value in entries[:-1]:
+                assert len(value) == 16 * CHUNK
+                rewritten += key in table
+            table.update(entries)
+            head = table[b"c"]
+            assert len(head) < 1024 + 3 * 16 * CHUNK
+            restored = ConversationState.from_bytes(head, table.get)
+            assert restored.metrics(0) == state.metrics(0)
+    assert rewritten >= 3  # earlier copies changed chunks already stored
+    assert len(table) - 1 == sum(len(m) // CHUNK for m in (state.times, state.users, state.agents))
+    assert state.metrics(0) == compute("c", arrivals).metrics(0)
+    with pytest.raises(ValueError, match="lacks its chunk"):
+        ConversationState.from_bytes(table[b"c"], {}.get)
 
 
 def test_end_call_and_lifecycle_end() -> None:

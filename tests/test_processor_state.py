@@ -1,8 +1,10 @@
-"""State retention of ``convostream process`` on a real broker: conversation states untouched for
-longer than ``CONVOSTREAM_PROCESSOR_STATE_RETENTION_DAYS`` are deleted (tombstones in the table's
+"""The processor's stored conversation states on a real broker, events produced straight onto
+the events topic: long conversations stored in chunks come back whole after a SIGKILL (the
+local stores rebuilt from the changelog); states untouched for longer than
+``CONVOSTREAM_PROCESSOR_STATE_RETENTION_DAYS`` are deleted (tombstones in the table's
 changelog, gone from lookups) while their SQL rows stay, and an old copy of an event of a
-deleted conversation, produced straight onto the events topic, is skipped rather than starting
-an empty state that would overwrite the conversation's metrics."""
+deleted conversation is skipped rather than starting an empty state that would overwrite the
+conversation's metrics."""
 
 from __future__ import annotations
 
@@ -27,14 +29,15 @@ pytestmark = pytest.mark.integration
 
 RETENTION_S = 10.0
 APP_ID = "retention"
+COUNTS = [300, 20, 20]  # conv-a's state has a stored chunk
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
+        acks = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*acks)
     finally:
         await producer.stop()
 
@@ -126,13 +129,15 @@ async def test_untouched_states_expire_and_old_copies_do_not_revive_them(
         await _until(warmed_up, 120, "the processor handled a first event", processor)
         cids = ["conv-a", "conv-b", "conv-c"]
         produced = [
-            make_event(cid, "agent-r", seq, now_micros()) for cid in cids for seq in range(20)
+            make_event(cid, "agent-r", seq, now_micros())
+            for cid, count in zip(cids, COUNTS, strict=True)
+            for seq in range(count)
         ]
         await _produce(bootstrap, events, produced)
 
         async def rows_in() -> bool:
             rows = sqlite_rows(db)
-            return all(rows.get(cid, {}).get("events_total") == 20 for cid in cids)
+            return [rows.get(cid, {}).get("events_total") for cid in cids] == COUNTS
 
         await _until(rows_in, 60, "every event in SQL", processor)
         assert {await _lookup_status(web_port, cid) for cid in cids} == {200}
@@ -145,8 +150,9 @@ async def test_untouched_states_expire_and_old_copies_do_not_revive_them(
         assert await _metric(metrics_port, "convostream_conversation_states_expired_total") >= 3
         changelog = await _latest_by_key(bootstrap, f"{prefix}{APP_ID}-conversations-changelog")
         assert {cid: changelog[cid.encode()] for cid in cids} == dict.fromkeys(cids)
+        assert changelog[b"\x00t0:conv-a"] is None  # a chunk goes with its state
         rows = sqlite_rows(db)
-        assert [rows[cid]["events_total"] for cid in cids] == [20, 20, 20]  # SQL keeps them
+        assert [rows[cid]["events_total"] for cid in cids] == COUNTS  # SQL keeps them
 
         # an old copy of a deleted conversation's event: skipped, counted, nothing rewritten
         old_key, old_value = make_event("conv-a", "agent-r", 0, now_micros() - 3_600_000_000)
@@ -161,5 +167,62 @@ async def test_untouched_states_expire_and_old_copies_do_not_revive_them(
         assert await _metric(metrics_port, "convostream_expired_events_total") == 1
         assert sqlite_rows(db)["conv-a"] == rows["conv-a"]
         assert await _lookup_status(web_port, "conv-a") == 404
+    finally:
+        assert processor.stop() == 0, processor.failure_text()
+
+
+async def test_long_conversations_come_back_from_their_chunks_after_a_sigkill(
+    kafka_broker: Any, tmp_path: Path
+) -> None:
+    prefix = f"l{uuid.uuid4().hex[:8]}."
+    bootstrap = kafka_broker.bootstrap
+    await create_topics(bootstrap, prefix=prefix)
+    events = MONITOR_EVENTS.full_name(prefix)
+    db = tmp_path / "metrics.db"
+    processor = ProcessorProcess(
+        processor_env(bootstrap, prefix, f"sqlite:///{db}", tmp_path / "state"), tmp_path
+    )
+    web_port = processor.env["CONVOSTREAM_PROCESSOR_WEB_PORT"]
+    cids = ["long-a", "long-b"]
+    start = now_micros()
+    await _produce(
+        bootstrap,
+        events,
+        [make_event(cid, "agent-l", seq, start + seq) for cid in cids for seq in range(700)],
+    )
+    processor.start()
+    try:
+
+        def totals() -> list[int | None]:
+            rows = sqlite_rows(db)
+            return [rows.get(cid, {}).get("events_total") for cid in cids]
+
+        async def all_in() -> bool:
+            return totals() == [700, 700]
+
+        await _until(all_in, 120, "700 events of each conversation in SQL", processor)
+        processor.kill()  # its stores open: rebuilt from the changelog at the next start
+        processor.start()
+        # five new events each, and a copy of the first event received earlier than it: a
+        # value in the first stored chunk changes
+        more = [
+            make_event(cid, "agent-l", seq, now_micros()) for cid in cids for seq in range(700, 705)
+        ]
+        copy_key, copy = make_event("long-a", "agent-l", 0, start - 1_000)
+        await _produce(bootstrap, events, [*more, (copy_key, copy)])
+
+        async def caught_up() -> bool:
+            first = sqlite_rows(db).get("long-a", {}).get("first_received_at")
+            return totals() == [705, 705] and first == start - 1_000
+
+        await _until(caught_up, 120, "the events after the restart in SQL", processor)
+        assert "local table stores discarded" in processor.log_text()
+        for cid in cids:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{web_port}/conversations/{cid}/") as resp,
+            ):
+                assert resp.status == 200
+                assert (await resp.json())["events_total"] == 705
     finally:
         assert processor.stop() == 0, processor.failure_text()
