@@ -92,8 +92,11 @@ async def fence(bootstrap: str, topic: str) -> None:
         await producer.stop()
 
 
-async def raw_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` as stored (tombstones skipped), in partition and offset order."""
+async def raw_records(
+    bootstrap: str, topic: str, tombstones: bool = False
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` as stored (tombstones only when asked), in partition and
+    offset order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
@@ -105,7 +108,11 @@ async def raw_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, 
         while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, messages in batch.items():
-                out += [m for m in messages if m.offset < ends[tp] and m.value is not None]
+                out += [
+                    m
+                    for m in messages
+                    if m.offset < ends[tp] and (tombstones or m.value is not None)
+                ]
         return sorted(out, key=lambda m: (m.partition, m.offset))
     finally:
         await consumer.stop()

@@ -16,13 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bench.process import make_event
-from convostream.broker import create_topics, free_port, partitions_of
+from convostream.broker import create_topics, free_port
 from schemas.clock import now_micros
 from schemas.topics import MONITOR_EVENTS
-from tests.collector_harness import fence
+from tests.collector_harness import fence, raw_records
 from tests.processor_harness import ProcessorProcess, processor_env, sqlite_rows
 
 pytestmark = pytest.mark.integration
@@ -45,22 +45,23 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 async def _latest_by_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
     """The last value of every key of ``topic`` (None: a tombstone)."""
     await fence(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        parts = await partitions_of(consumer, topic)
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        latest: dict[bytes, bytes | None] = {}
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-                for m in messages:
-                    if m.offset < ends[tp] and m.key is not None:
-                        latest[m.key] = m.value
-        return latest
-    finally:
-        await consumer.stop()
+    records = await raw_records(bootstrap, topic, tombstones=True)
+    return {m.key: m.value for m in records if m.key is not None}
+
+
+async def _fresh_topics(bootstrap: str) -> tuple[str, str]:
+    """A topic prefix of this test's own, its topics created, and its events topic."""
+    prefix = f"s{uuid.uuid4().hex[:8]}."
+    await create_topics(bootstrap, prefix=prefix)
+    return prefix, MONITOR_EVENTS.full_name(prefix)
+
+
+def _processor(bootstrap: str, prefix: str, tmp_path: Path, **extra: str) -> ProcessorProcess:
+    """A processor on ``prefix`` writing SQLite ``tmp_path/metrics.db`` (not started)."""
+    env = processor_env(
+        bootstrap, prefix, f"sqlite:///{tmp_path / 'metrics.db'}", tmp_path / "state", **extra
+    )
+    return ProcessorProcess(env, tmp_path)
 
 
 async def _metric(port: str, name: str) -> float:
@@ -94,23 +95,17 @@ async def _until(check: Any, timeout: float, what: str, processor: ProcessorProc
 async def test_untouched_states_expire_and_old_copies_do_not_revive_them(
     kafka_broker: Any, tmp_path: Path
 ) -> None:
-    prefix = f"r{uuid.uuid4().hex[:8]}."
     bootstrap = kafka_broker.bootstrap
-    await create_topics(bootstrap, prefix=prefix)
-    events = MONITOR_EVENTS.full_name(prefix)
+    prefix, events = await _fresh_topics(bootstrap)
     db = tmp_path / "metrics.db"
     metrics_port = str(free_port())
-    processor = ProcessorProcess(
-        processor_env(
-            bootstrap,
-            prefix,
-            f"sqlite:///{db}",
-            tmp_path / "state",
-            CONVOSTREAM_METRICS_PORT=metrics_port,
-            CONVOSTREAM_PROCESSOR_APP_ID=APP_ID,
-            CONVOSTREAM_PROCESSOR_STATE_RETENTION_DAYS=str(RETENTION_S / 86_400),
-        ),
+    processor = _processor(
+        bootstrap,
+        prefix,
         tmp_path,
+        CONVOSTREAM_METRICS_PORT=metrics_port,
+        CONVOSTREAM_PROCESSOR_APP_ID=APP_ID,
+        CONVOSTREAM_PROCESSOR_STATE_RETENTION_DAYS=str(RETENTION_S / 86_400),
     )
     web_port = processor.env["CONVOSTREAM_PROCESSOR_WEB_PORT"]
     processor.start()
@@ -174,14 +169,10 @@ async def test_untouched_states_expire_and_old_copies_do_not_revive_them(
 async def test_long_conversations_come_back_from_their_chunks_after_a_sigkill(
     kafka_broker: Any, tmp_path: Path
 ) -> None:
-    prefix = f"l{uuid.uuid4().hex[:8]}."
     bootstrap = kafka_broker.bootstrap
-    await create_topics(bootstrap, prefix=prefix)
-    events = MONITOR_EVENTS.full_name(prefix)
+    prefix, events = await _fresh_topics(bootstrap)
     db = tmp_path / "metrics.db"
-    processor = ProcessorProcess(
-        processor_env(bootstrap, prefix, f"sqlite:///{db}", tmp_path / "state"), tmp_path
-    )
+    processor = _processor(bootstrap, prefix, tmp_path)
     web_port = processor.env["CONVOSTREAM_PROCESSOR_WEB_PORT"]
     cids = ["long-a", "long-b"]
     start = now_micros()
