@@ -496,7 +496,9 @@ class Processor:
     ) -> tuple[int, int]:
         """Delete the states of ``keys`` still untouched since ``horizon``, with no batch open
         (no await from the check to the last delete); how many went and stayed."""
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a pass of the event loop per slice, also without candidates
+        if not keys:
+            return 0, 0
         while not self._idle.is_set():
             await self._idle.wait()
         consumer: Any = self.app.consumer
