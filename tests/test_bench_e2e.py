@@ -5,15 +5,11 @@ asserted."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.bench_runner import run_bench
+
 pytestmark = [pytest.mark.integration, pytest.mark.solo]
-ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
     "conversations",
     "events_per_s",
@@ -31,25 +27,8 @@ BASELINE = {"events_per_s", "cpu_us_per_event"}
 
 
 def test_e2e_bench_smoke_reports_every_figure_and_loses_nothing(broker_engine: str) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "bench/e2e.py",
-            "--conversations",
-            "1000",
-            "--seconds",
-            "3",
-            "--engine",
-            broker_engine,
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    args = ["--conversations", "1000", "--seconds", "3", "--engine", broker_engine]
+    result = run_bench("e2e.py", *args, timeout=600)
     assert result.keys() >= FIELDS, FIELDS - result.keys()
     assert result["baseline"].keys() >= BASELINE
     assert result["engine"] == broker_engine

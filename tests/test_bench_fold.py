@@ -3,25 +3,12 @@ No timing is asserted."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_runner import run_bench
 
 
 def test_fold_bench_smoke_reports_stage_and_bare_fold_per_length() -> None:
-    args = ["--conversations", "50", "--lengths", "5,40", "--batches", "2", "--json"]
-    done = subprocess.run(
-        [sys.executable, "bench/fold.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    args = ["--conversations", "50", "--lengths", "5,40", "--batches", "2"]
+    result = run_bench("fold.py", *args, timeout=120)
     assert result["conversations"] == 50
     assert set(result["by_length"]) == {"5", "40"}
     for figures in result["by_length"].values():

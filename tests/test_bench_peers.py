@@ -3,19 +3,14 @@ processor, Quix Streams and naive Faust run and agree on every window. No timing
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.peers import BENCH_PYTHON
 from convostream.kafka_engine import KafkaBroker
+from tests.bench_runner import run_bench
 from tests.needs import missing_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_only]
-ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("processor", "quix", "naive_faust")
 
 
@@ -23,15 +18,7 @@ def test_peers_bench_smoke_three_engines_count_the_same_windows(kafka_broker: Ka
     if not BENCH_PYTHON.exists():
         missing_tool(f"Quix Streams' venv {BENCH_PYTHON} (make bench-install)")
     args = ["--events", "3000", "--conversations", "120", "--span", "150"]
-    done = subprocess.run(
-        [sys.executable, "bench/peers.py", *args, "--bootstrap", kafka_broker.bootstrap, "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = run_bench("peers.py", *args, "--bootstrap", kafka_broker.bootstrap, timeout=600)
     assert result["results_equal"] is True
     assert result["windowed_events"] == result["events"] == 3000
     assert result["windows"] >= 2 * result["agents"]  # 150 s of event time: 3 or 4 windows each
